@@ -1,0 +1,1 @@
+"""Engines behind small interfaces (stores, LLM, targets, sources) and the resources choosing them."""

@@ -1,0 +1,25 @@
+"""Errors every store shares, and the one URL-masking helper their messages use."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (safe to log and to show in an error)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class StoreUnavailableError(RuntimeError):
+    """A store could not be reached or opened. The message names the (masked) URL and the reason."""
+
+    def __init__(self, store: str, url: str, reason: object) -> None:
+        self.store = store
+        self.url = mask_url(url)
+        first_line = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+        super().__init__(f"{store} unreachable at {self.url}: {first_line}")

@@ -1,0 +1,766 @@
+"""Relational state: customers, fleet, recommendations, approvals, executions, outcomes, audit log.
+
+SQLAlchemy Core over SQLite (embedded default) or PostgreSQL (``postgresql+psycopg2://`` URL): one set
+of tables and statements for both. Schema changes are versioned migrations applied idempotently by
+:meth:`StateStore.migrate`. The audit log is append-only: a trigger refuses UPDATE and DELETE on both
+engines.
+
+Concurrency rules that keep a change from being applied twice live here, in the database, not in the
+callers: a decision is a conditional UPDATE (``WHERE status = 'pending'``) plus a UNIQUE approval per
+recommendation; an execution is one row per recommendation; an open recommendation is unique per
+(kind, deployment) through ``open_key``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from optiinfra_assets.models import (
+    OPEN_STATUSES,
+    Approval,
+    AuditEntry,
+    Customer,
+    Decision,
+    Deployment,
+    Execution,
+    ExecutionStatus,
+    Fault,
+    Instance,
+    InstanceState,
+    Outcome,
+    Recommendation,
+    RecommendationStatus,
+)
+from resources.errors import StoreUnavailableError, mask_url
+
+metadata = sa.MetaData()
+TS = sa.DateTime(timezone=True)
+
+schema_migrations = sa.Table(
+    "schema_migrations",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", TS, nullable=False),
+)
+customers = sa.Table(
+    "customers",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("slo_p95_latency_ms", sa.Float, nullable=False),
+    sa.Column("min_monthly_savings_usd", sa.Float, nullable=False),
+    sa.Column("allow_spot", sa.Boolean, nullable=False),
+    sa.Column("auto_approve_max_risk", sa.String(16)),
+)
+deployments = sa.Table(
+    "deployments",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("customer_id", sa.String(64), sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("model", sa.String(100), nullable=False),
+    sa.Column("instance_type", sa.String(64), nullable=False),
+    sa.Column("replicas", sa.Integer, nullable=False),
+    sa.Column("engine", sa.String(32), nullable=False),
+    sa.Column("kv_cache_dtype", sa.String(16), nullable=False),
+    sa.Column("base_requests_per_s", sa.Float, nullable=False),
+)
+instances = sa.Table(
+    "instances",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("deployment_id", sa.String(64), sa.ForeignKey("deployments.id"), nullable=False, index=True),
+    sa.Column("instance_type", sa.String(64), nullable=False),
+    sa.Column("lifecycle", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("az", sa.String(32), nullable=False),
+    sa.Column("launched_at", TS, nullable=False),
+    sa.Column("ended_at", TS),
+)
+faults = sa.Table(
+    "faults",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("deployment_id", sa.String(64), nullable=False, index=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+)
+recommendations = sa.Table(
+    "recommendations",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("customer_id", sa.String(64), nullable=False),
+    sa.Column("deployment_id", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("expires_at", TS, nullable=False),
+    sa.Column("estimated_monthly_savings_usd", sa.Float, nullable=False),
+    sa.Column("risk", sa.String(16), nullable=False),
+    sa.Column("risk_score", sa.Float, nullable=False),
+    sa.Column("decided_by", sa.String(200)),
+    sa.Column("decided_at", TS),
+    sa.Column("decision_comment", sa.Text),
+    # "kind:deployment" while the recommendation is open (pending/approved/executing), NULL after:
+    # a UNIQUE index on it keeps one open recommendation per kind and deployment, race-free.
+    sa.Column("open_key", sa.String(200), unique=True),
+    sa.Column("body", sa.JSON, nullable=False),
+)
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("recommendation_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("decision", sa.String(16), nullable=False),
+    sa.Column("decided_by", sa.String(200), nullable=False),
+    sa.Column("comment", sa.Text, nullable=False),
+    sa.Column("at", TS, nullable=False),
+    sa.Column("via", sa.String(32), nullable=False),
+)
+executions = sa.Table(
+    "executions",
+    metadata,
+    sa.Column("recommendation_id", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("stage", sa.Integer, nullable=False),
+    sa.Column("started_at", TS, nullable=False),
+    sa.Column("finished_at", TS),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("body", sa.JSON, nullable=False),
+)
+outcomes = sa.Table(
+    "outcomes",
+    metadata,
+    sa.Column("recommendation_id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("customer_id", sa.String(64), nullable=False),
+    sa.Column("deployment_id", sa.String(64), nullable=False),
+    sa.Column("rolled_back", sa.Boolean, nullable=False),
+    sa.Column("realized_monthly_savings_usd", sa.Float, nullable=False),
+    sa.Column("quality_delta_pct", sa.Float, nullable=False),
+    sa.Column("features", sa.JSON, nullable=False),
+    sa.Column("summary", sa.Text, nullable=False),
+    sa.Column("at", TS, nullable=False),
+)
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", TS, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("entity_type", sa.String(64), nullable=False),
+    sa.Column("entity_id", sa.String(200), nullable=False, index=True),
+    sa.Column("detail", sa.JSON, nullable=False),
+)
+watermarks = sa.Table(
+    "watermarks",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("ts", TS, nullable=False),
+)
+
+_APPEND_ONLY_SQLITE = [
+    """CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
+       BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
+       BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END""",
+]
+_APPEND_ONLY_POSTGRES = [
+    """CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger AS $$
+       BEGIN RAISE EXCEPTION 'audit_log is append-only'; END; $$ LANGUAGE plpgsql""",
+    "DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log",
+    """CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
+       FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()""",
+]
+
+
+def _migration_1(conn: Connection) -> None:
+    metadata.create_all(conn, checkfirst=True)
+    statements = _APPEND_ONLY_POSTGRES if conn.dialect.name == "postgresql" else _APPEND_ONLY_SQLITE
+    for statement in statements:
+        conn.exec_driver_sql(statement)
+
+
+# Append new migrations here; never edit an applied one.
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _migration_1)]
+
+
+class RecommendationError(ValueError):
+    """A decision that cannot be made. The message says which recommendation and why."""
+
+
+class UnknownRecommendationError(RecommendationError):
+    pass
+
+
+class AlreadyDecidedError(RecommendationError):
+    pass
+
+
+class ExpiredRecommendationError(RecommendationError):
+    pass
+
+
+class NotApprovableError(RecommendationError):
+    pass
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back naive; every datetime we store is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _open_key(rec: Recommendation) -> str | None:
+    return f"{rec.kind}:{rec.deployment_id}" if rec.status in OPEN_STATUSES else None
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+class StateStore:
+    """The relational store. ``url`` is a SQLAlchemy URL: ``sqlite:///path`` or ``postgresql+psycopg2://...``."""
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("postgresql://"):
+            # SQLAlchemy 2.1 maps bare postgresql:// to psycopg 3, which we do not ship.
+            url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+        self.url = url
+        self.display_url = mask_url(url)
+        self.engine: Engine = self._create_engine(url)
+
+    @staticmethod
+    def _create_engine(url: str) -> Engine:
+        if url.startswith("sqlite"):
+            path = url.removeprefix("sqlite:///")
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+            @sa.event.listens_for(engine, "connect")
+            def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+                # WAL + busy timeout: the daemon, the code server and each run are separate processes.
+                cursor = dbapi_conn.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA busy_timeout=30000")
+                cursor.close()
+
+            return engine
+        return sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """One transaction; an unreachable database becomes one clear StoreUnavailableError."""
+        try:
+            conn = self.engine.connect()
+        except sa.exc.OperationalError as exc:
+            raise StoreUnavailableError("state store", self.url, exc.orig or exc) from None
+        with conn, conn.begin():
+            yield conn
+
+    def migrate(self) -> int:
+        """Apply the migrations not applied yet; returns the schema version. Safe to call concurrently."""
+        with self._begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7310027)")
+            schema_migrations.create(conn, checkfirst=True)
+            applied = set(conn.scalars(sa.select(schema_migrations.c.version)))
+            for version, apply in MIGRATIONS:
+                if version not in applied:
+                    apply(conn)
+                    conn.execute(schema_migrations.insert().values(version=version, applied_at=_now()))
+            return max(v for v, _ in MIGRATIONS)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # ---- fleet ----------------------------------------------------------------------------------
+
+    def upsert_customer(self, customer: Customer) -> None:
+        self._upsert(customers, customer.model_dump(mode="json"))
+
+    def upsert_deployment(self, deployment: Deployment) -> None:
+        self._upsert(deployments, deployment.model_dump(mode="json"))
+
+    def _upsert(self, table: sa.Table, values: dict[str, Any]) -> None:
+        key = values["id"]
+        with self._begin() as conn:
+            exists = conn.scalar(sa.select(table.c.id).where(table.c.id == key))
+            if exists is None:
+                conn.execute(table.insert().values(**values))
+            else:
+                conn.execute(table.update().where(table.c.id == key).values(**values))
+
+    def list_customers(self) -> list[Customer]:
+        with self._begin() as conn:
+            rows = conn.execute(sa.select(customers).order_by(customers.c.id)).mappings()
+            return [Customer.model_validate(dict(r)) for r in rows]
+
+    def get_customer(self, customer_id: str) -> Customer:
+        for customer in self.list_customers():
+            if customer.id == customer_id:
+                return customer
+        raise KeyError(f"unknown customer '{customer_id}'")
+
+    def list_deployments(self, customer_id: str | None = None) -> list[Deployment]:
+        query = sa.select(deployments).order_by(deployments.c.id)
+        if customer_id is not None:
+            query = query.where(deployments.c.customer_id == customer_id)
+        with self._begin() as conn:
+            return [Deployment.model_validate(dict(r)) for r in conn.execute(query).mappings()]
+
+    def get_deployment(self, deployment_id: str) -> Deployment:
+        with self._begin() as conn:
+            row = conn.execute(sa.select(deployments).where(deployments.c.id == deployment_id)).mappings()
+            found = row.first()
+        if found is None:
+            raise KeyError(f"unknown deployment '{deployment_id}'")
+        return Deployment.model_validate(dict(found))
+
+    def add_instances(self, new: Sequence[Instance]) -> None:
+        if not new:
+            return
+        with self._begin() as conn:
+            conn.execute(instances.insert(), [i.model_dump() for i in new])
+
+    def end_instance(self, instance_id: str, state: InstanceState, at: datetime) -> None:
+        with self._begin() as conn:
+            conn.execute(
+                instances.update()
+                .where(instances.c.id == instance_id, instances.c.state == InstanceState.RUNNING)
+                .values(state=state, ended_at=at)
+            )
+
+    def list_instances(self, deployment_id: str | None = None, include_ended: bool = False) -> list[Instance]:
+        query = sa.select(instances).order_by(instances.c.launched_at, instances.c.id)
+        if deployment_id is not None:
+            query = query.where(instances.c.deployment_id == deployment_id)
+        if not include_ended:
+            query = query.where(instances.c.state == InstanceState.RUNNING)
+        with self._begin() as conn:
+            rows = conn.execute(query).mappings()
+            return [
+                Instance.model_validate(
+                    {**r, "launched_at": _utc(r["launched_at"]), "ended_at": _utc(r["ended_at"])}
+                )
+                for r in rows
+            ]
+
+    def instance_index(self) -> dict[str, tuple[str, str]]:
+        """instance_id -> (customer_id, deployment_id), ended instances included (late metrics are valid)."""
+        query = sa.select(instances.c.id, deployments.c.customer_id, deployments.c.id).join(
+            deployments, instances.c.deployment_id == deployments.c.id
+        )
+        with self._begin() as conn:
+            return {iid: (cid, did) for iid, cid, did in conn.execute(query)}
+
+    def add_fault(self, fault: Fault) -> int:
+        values = fault.model_dump(exclude={"id"})
+        with self._begin() as conn:
+            return int(conn.execute(faults.insert().values(**values)).inserted_primary_key[0])
+
+    def list_faults(self, deployment_id: str | None = None, active_only: bool = True) -> list[Fault]:
+        query = sa.select(faults).order_by(faults.c.id)
+        if deployment_id is not None:
+            query = query.where(faults.c.deployment_id == deployment_id)
+        if active_only:
+            query = query.where(faults.c.active.is_(True))
+        with self._begin() as conn:
+            return [
+                Fault.model_validate({**r, "created_at": _utc(r["created_at"])})
+                for r in conn.execute(query).mappings()
+            ]
+
+    def clear_faults(self, deployment_id: str) -> int:
+        with self._begin() as conn:
+            result = conn.execute(
+                faults.update().where(faults.c.deployment_id == deployment_id).values(active=False)
+            )
+            return result.rowcount
+
+    def get_watermark(self, key: str) -> datetime | None:
+        with self._begin() as conn:
+            return _utc(conn.scalar(sa.select(watermarks.c.ts).where(watermarks.c.key == key)))
+
+    def set_watermark(self, key: str, ts: datetime) -> None:
+        with self._begin() as conn:
+            updated = conn.execute(watermarks.update().where(watermarks.c.key == key).values(ts=ts))
+            if updated.rowcount == 0:
+                conn.execute(watermarks.insert().values(key=key, ts=ts))
+
+    # ---- recommendations ------------------------------------------------------------------------
+
+    @staticmethod
+    def _rec_columns(rec: Recommendation) -> dict[str, Any]:
+        return {
+            "id": rec.id,
+            "kind": rec.kind,
+            "customer_id": rec.customer_id,
+            "deployment_id": rec.deployment_id,
+            "status": rec.status,
+            "created_at": rec.created_at,
+            "expires_at": rec.expires_at,
+            "estimated_monthly_savings_usd": rec.estimated_monthly_savings_usd,
+            "risk": rec.risk,
+            "risk_score": rec.risk_score,
+            "decided_by": rec.decided_by,
+            "decided_at": rec.decided_at,
+            "decision_comment": rec.decision_comment,
+            "open_key": _open_key(rec),
+            "body": rec.model_dump(mode="json"),
+        }
+
+    @staticmethod
+    def _rec_from_row(row: sa.RowMapping) -> Recommendation:
+        # Columns are the truth for what changes after creation; the body holds the rest.
+        return Recommendation.model_validate(
+            {
+                **row["body"],
+                "status": row["status"],
+                "decided_by": row["decided_by"],
+                "decided_at": _utc(row["decided_at"]),
+                "decision_comment": row["decision_comment"],
+            }
+        )
+
+    def add_recommendation(self, rec: Recommendation) -> bool:
+        """Store a new recommendation; False (nothing stored) if one of its kind is already open for
+        that deployment."""
+        try:
+            with self._begin() as conn:
+                conn.execute(recommendations.insert().values(**self._rec_columns(rec)))
+                self._audit(
+                    conn,
+                    "agent:" + rec.kind,
+                    "recommend",
+                    "recommendation",
+                    rec.id,
+                    {"summary": rec.summary, "status": rec.status, "risk": rec.risk},
+                )
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def update_recommendation(self, rec: Recommendation) -> None:
+        with self._begin() as conn:
+            conn.execute(
+                recommendations.update()
+                .where(recommendations.c.id == rec.id)
+                .values(**self._rec_columns(rec))
+            )
+
+    def get_recommendation(self, rec_id: str) -> Recommendation:
+        with self._begin() as conn:
+            row = (
+                conn.execute(sa.select(recommendations).where(recommendations.c.id == rec_id))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise UnknownRecommendationError(f"unknown recommendation '{rec_id}'")
+        return self._rec_from_row(row)
+
+    def list_recommendations(
+        self, status: str | None = None, kind: str | None = None, limit: int | None = None
+    ) -> list[Recommendation]:
+        query = sa.select(recommendations).order_by(recommendations.c.created_at.desc(), recommendations.c.id)
+        if status is not None:
+            query = query.where(recommendations.c.status == RecommendationStatus(status))
+        if kind is not None:
+            query = query.where(recommendations.c.kind == kind)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._begin() as conn:
+            return [self._rec_from_row(r) for r in conn.execute(query).mappings()]
+
+    def count_recommendations(self) -> dict[str, int]:
+        query = sa.select(recommendations.c.status, sa.func.count()).group_by(recommendations.c.status)
+        with self._begin() as conn:
+            return {status: n for status, n in conn.execute(query)}
+
+    def expire_recommendations(self, now: datetime) -> list[str]:
+        """Mark pending recommendations past their expiry as expired; returns their ids."""
+        with self._begin() as conn:
+            expired = list(
+                conn.scalars(
+                    sa.select(recommendations.c.id).where(
+                        recommendations.c.status == RecommendationStatus.PENDING,
+                        recommendations.c.expires_at < now,
+                    )
+                )
+            )
+            if expired:
+                conn.execute(
+                    recommendations.update()
+                    .where(
+                        recommendations.c.id.in_(expired),
+                        recommendations.c.status == RecommendationStatus.PENDING,
+                    )
+                    .values(status=RecommendationStatus.EXPIRED, open_key=None)
+                )
+                for rec_id in expired:
+                    self._audit(conn, "system", "expire", "recommendation", rec_id, {"at": now.isoformat()})
+        return expired
+
+    def decide(
+        self,
+        rec_id: str,
+        decision: Decision | str,
+        by: str,
+        comment: str,
+        *,
+        via: str,
+        now: datetime | None = None,
+    ) -> Approval:
+        """Approve or reject a pending recommendation, exactly once. Raises a RecommendationError
+        (unknown, already decided, expired, blocked) and changes nothing otherwise."""
+        decision = Decision(decision)
+        now = now or _now()
+        if not by.strip():
+            raise RecommendationError("decided_by: must name who decides (got an empty value)")
+        rec = self.get_recommendation(rec_id)
+        if rec.status == RecommendationStatus.BLOCKED:
+            failed = "; ".join(f"{v.agent}: {v.detail}" for v in rec.validations if not v.passed)
+            raise NotApprovableError(f"recommendation '{rec_id}' is blocked by validation ({failed})")
+        if rec.status != RecommendationStatus.PENDING:
+            raise AlreadyDecidedError(
+                f"recommendation '{rec_id}' is already {rec.status}"
+                + (f" (by {rec.decided_by} at {rec.decided_at:%Y-%m-%d %H:%M:%S}Z)" if rec.decided_at else "")
+            )
+        if rec.expires_at <= now:
+            self.expire_recommendations(now)
+            raise ExpiredRecommendationError(
+                f"recommendation '{rec_id}' expired at {rec.expires_at:%Y-%m-%d %H:%M:%S}Z; it can no longer be decided"
+            )
+        new_status = (
+            RecommendationStatus.APPROVED if decision is Decision.APPROVE else RecommendationStatus.REJECTED
+        )
+        try:
+            with self._begin() as conn:
+                updated = conn.execute(
+                    recommendations.update()
+                    .where(
+                        recommendations.c.id == rec_id,
+                        recommendations.c.status == RecommendationStatus.PENDING,
+                    )
+                    .values(
+                        status=new_status,
+                        decided_by=by,
+                        decided_at=now,
+                        decision_comment=comment,
+                        open_key=recommendations.c.open_key if decision is Decision.APPROVE else None,
+                    )
+                )
+                if updated.rowcount != 1:
+                    raise AlreadyDecidedError(
+                        f"recommendation '{rec_id}' was decided by someone else meanwhile"
+                    )
+                approval_id = conn.execute(
+                    approvals.insert().values(
+                        recommendation_id=rec_id,
+                        decision=decision,
+                        decided_by=by,
+                        comment=comment,
+                        at=now,
+                        via=via,
+                    )
+                ).inserted_primary_key[0]
+                self._audit(
+                    conn, by, decision.value, "recommendation", rec_id, {"comment": comment, "via": via}
+                )
+        except sa.exc.IntegrityError:
+            raise AlreadyDecidedError(
+                f"recommendation '{rec_id}' was decided by someone else meanwhile"
+            ) from None
+        return Approval(
+            id=int(approval_id),
+            recommendation_id=rec_id,
+            decision=decision,
+            by=by,
+            comment=comment,
+            at=now,
+            via=via,
+        )
+
+    def approvals_since(self, after_id: int, limit: int = 1000) -> list[Approval]:
+        query = sa.select(approvals).where(approvals.c.id > after_id).order_by(approvals.c.id).limit(limit)
+        with self._begin() as conn:
+            return [
+                Approval(
+                    id=r["id"],
+                    recommendation_id=r["recommendation_id"],
+                    decision=r["decision"],
+                    by=r["decided_by"],
+                    comment=r["comment"],
+                    at=_utc(r["at"]),
+                    via=r["via"],
+                )
+                for r in conn.execute(query).mappings()
+            ]
+
+    def set_recommendation_status(
+        self, rec_id: str, status: RecommendationStatus, *, expected: Sequence[RecommendationStatus]
+    ) -> bool:
+        """Move a recommendation to ``status`` if it is in one of ``expected``; True if it moved."""
+        with self._begin() as conn:
+            row = conn.execute(
+                sa.select(recommendations.c.kind, recommendations.c.deployment_id).where(
+                    recommendations.c.id == rec_id
+                )
+            ).first()
+            if row is None:
+                raise UnknownRecommendationError(f"unknown recommendation '{rec_id}'")
+            open_key = f"{row.kind}:{row.deployment_id}" if status in OPEN_STATUSES else None
+            moved = conn.execute(
+                recommendations.update()
+                .where(recommendations.c.id == rec_id, recommendations.c.status.in_(list(expected)))
+                .values(status=status, open_key=open_key)
+            ).rowcount
+        return moved == 1
+
+    # ---- executions -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _execution_from_row(row: sa.RowMapping) -> Execution:
+        return Execution.model_validate(
+            {
+                **row["body"],
+                "recommendation_id": row["recommendation_id"],
+                "status": row["status"],
+                "stage": row["stage"],
+                "started_at": _utc(row["started_at"]),
+                "finished_at": _utc(row["finished_at"]),
+                "reason": row["reason"],
+                "run_id": row["run_id"],
+            }
+        )
+
+    def start_execution(
+        self, rec_id: str, run_id: str | None, before: dict[str, Any], now: datetime
+    ) -> Execution:
+        """Create the execution of a recommendation, or return the existing one (a resumed run)."""
+        execution = Execution(
+            recommendation_id=rec_id,
+            status=ExecutionStatus.RUNNING,
+            started_at=now,
+            run_id=run_id,
+            before=before,
+        )
+        try:
+            with self._begin() as conn:
+                conn.execute(executions.insert().values(**self._execution_columns(execution)))
+                self._audit(
+                    conn, "executor", "execution_started", "recommendation", rec_id, {"run_id": run_id}
+                )
+        except sa.exc.IntegrityError:
+            existing = self.get_execution(rec_id)
+            assert existing is not None
+            return existing
+        return execution
+
+    @staticmethod
+    def _execution_columns(execution: Execution) -> dict[str, Any]:
+        return {
+            "recommendation_id": execution.recommendation_id,
+            "status": execution.status,
+            "stage": execution.stage,
+            "started_at": execution.started_at,
+            "finished_at": execution.finished_at,
+            "reason": execution.reason,
+            "run_id": execution.run_id,
+            "body": execution.model_dump(mode="json", include={"stages", "before"}),
+        }
+
+    def save_execution(self, execution: Execution) -> None:
+        with self._begin() as conn:
+            conn.execute(
+                executions.update()
+                .where(executions.c.recommendation_id == execution.recommendation_id)
+                .values(**self._execution_columns(execution))
+            )
+
+    def get_execution(self, rec_id: str) -> Execution | None:
+        with self._begin() as conn:
+            row = (
+                conn.execute(sa.select(executions).where(executions.c.recommendation_id == rec_id))
+                .mappings()
+                .first()
+            )
+        return None if row is None else self._execution_from_row(row)
+
+    def list_executions(self, status: str | None = None) -> list[Execution]:
+        query = sa.select(executions).order_by(executions.c.started_at.desc())
+        if status is not None:
+            query = query.where(executions.c.status == ExecutionStatus(status))
+        with self._begin() as conn:
+            return [self._execution_from_row(r) for r in conn.execute(query).mappings()]
+
+    # ---- outcomes and audit ---------------------------------------------------------------------
+
+    def add_outcome(self, outcome: Outcome) -> None:
+        with self._begin() as conn:
+            exists = conn.scalar(
+                sa.select(outcomes.c.recommendation_id).where(
+                    outcomes.c.recommendation_id == outcome.recommendation_id
+                )
+            )
+            if exists is None:
+                conn.execute(outcomes.insert().values(**outcome.model_dump(mode="python")))
+
+    def list_outcomes(self, kind: str | None = None) -> list[Outcome]:
+        query = sa.select(outcomes).order_by(outcomes.c.at)
+        if kind is not None:
+            query = query.where(outcomes.c.kind == kind)
+        with self._begin() as conn:
+            return [
+                Outcome.model_validate({**r, "at": _utc(r["at"])}) for r in conn.execute(query).mappings()
+            ]
+
+    @staticmethod
+    def _audit(
+        conn: Connection, actor: str, action: str, entity_type: str, entity_id: str, detail: dict[str, Any]
+    ) -> None:
+        conn.execute(
+            audit_log.insert().values(
+                at=_now(),
+                actor=actor,
+                action=action,
+                entity_type=entity_type,
+                entity_id=entity_id,
+                detail=json.loads(json.dumps(detail, default=str)),
+            )
+        )
+
+    def audit(
+        self, actor: str, action: str, entity_type: str, entity_id: str, detail: dict[str, Any]
+    ) -> None:
+        with self._begin() as conn:
+            self._audit(conn, actor, action, entity_type, entity_id, detail)
+
+    def list_audit(self, entity_id: str | None = None, limit: int = 1000) -> list[AuditEntry]:
+        query = sa.select(audit_log).order_by(audit_log.c.id).limit(limit)
+        if entity_id is not None:
+            query = query.where(audit_log.c.entity_id == entity_id)
+        with self._begin() as conn:
+            return [
+                AuditEntry.model_validate({**r, "at": _utc(r["at"])}) for r in conn.execute(query).mappings()
+            ]

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Make sure a PostgreSQL server answers for the tests, and print its SQLAlchemy URL on stdout.
+#
+# Order: $OPTIINFRA_TEST_DATABASE_URL if set (any server you run yourself); else the local cluster of a
+# Debian/Ubuntu `postgresql` package, started with pg_ctlcluster (it refuses to run as root by itself;
+# pg_ctlcluster switches to the postgres user), installed with apt-get first when we are root and it is
+# missing. Everything else goes to stderr so the caller can capture the URL.
+set -euo pipefail
+if [ -n "${OPTIINFRA_TEST_DATABASE_URL:-}" ]; then echo "$OPTIINFRA_TEST_DATABASE_URL"; exit 0; fi
+
+PGPASS=optiinfra
+DB=optiinfra_test
+if ! command -v pg_ctlcluster >/dev/null 2>&1 || [ -z "$(ls /usr/lib/postgresql 2>/dev/null)" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "ensure-postgres: installing PostgreSQL with apt-get" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >&2
+  else
+    echo "ensure-postgres: no PostgreSQL found; set OPTIINFRA_TEST_DATABASE_URL (see README)" >&2
+    exit 1
+  fi
+fi
+VERSION=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+CLUSTER=$(pg_lsclusters -h 2>/dev/null | awk -v v="$VERSION" '$1==v {print $2; exit}')
+if [ -z "$CLUSTER" ]; then
+  pg_createcluster "$VERSION" main >&2
+  CLUSTER=main
+fi
+PORT=$(pg_lsclusters -h | awk -v v="$VERSION" -v c="$CLUSTER" '$1==v && $2==c {print $3}')
+if ! pg_lsclusters -h | awk -v v="$VERSION" -v c="$CLUSTER" '$1==v && $2==c {print $4}' | grep -q online; then
+  pg_ctlcluster "$VERSION" "$CLUSTER" start >&2
+fi
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi; }
+for _ in $(seq 1 30); do as_postgres psql -p "$PORT" -qtAc 'select 1' >/dev/null 2>&1 && break; sleep 1; done
+as_postgres psql -p "$PORT" -qtAc "ALTER USER postgres PASSWORD '$PGPASS'" >/dev/null
+if [ "$(as_postgres psql -p "$PORT" -qtAc "SELECT 1 FROM pg_database WHERE datname='$DB'")" != 1 ]; then
+  as_postgres psql -p "$PORT" -qtAc "CREATE DATABASE $DB" >/dev/null
+fi
+echo "postgresql+psycopg2://postgres:$PGPASS@127.0.0.1:$PORT/$DB"

@@ -1,0 +1,1 @@
+"""Sensors that refresh the asset graph, launch approved executions and record failures."""

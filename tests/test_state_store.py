@@ -1,0 +1,164 @@
+"""The relational store on SQLite and PostgreSQL: migrations, fleet, the decision gate, audit log."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from optiinfra_assets.models import (
+    Customer,
+    Decision,
+    Deployment,
+    ExecutionStatus,
+    Instance,
+    InstanceState,
+    Lifecycle,
+    Recommendation,
+    RecommendationStatus,
+    Risk,
+)
+from resources.errors import StoreUnavailableError
+from resources.state_store import (
+    AlreadyDecidedError,
+    ExpiredRecommendationError,
+    NotApprovableError,
+    StateStore,
+    UnknownRecommendationError,
+)
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+def _seed(state: StateStore) -> None:
+    state.upsert_customer(Customer(id="acme", name="Acme", slo_p95_latency_ms=2000, min_monthly_savings_usd=100))
+    state.upsert_deployment(
+        Deployment(
+            id="acme-chat", customer_id="acme", model="Llama-3.1-8B", instance_type="g6e.xlarge",
+            replicas=2, base_requests_per_s=4,
+        )
+    )
+    state.add_instances(
+        [
+            Instance(id=f"i-{n}", deployment_id="acme-chat", instance_type="g6e.xlarge",
+                     lifecycle=Lifecycle.ON_DEMAND, launched_at=NOW)
+            for n in range(2)
+        ]
+    )
+
+
+def _rec(rec_id: str = "rec-1", deployment: str = "acme-chat", **kw: object) -> Recommendation:
+    values: dict[str, object] = dict(
+        id=rec_id, kind="spot_migration", customer_id="acme", deployment_id=deployment, created_at=NOW,
+        expires_at=NOW + timedelta(hours=24), estimated_monthly_savings_usd=1234.5, risk=Risk.LOW,
+        risk_score=0.1, summary="move to spot",
+    )
+    values.update(kw)
+    return Recommendation.model_validate(values)
+
+
+def test_migrate_is_idempotent(state: StateStore) -> None:
+    assert state.migrate() == 1
+    assert state.migrate() == 1
+
+
+def test_fleet_round_trip(state: StateStore) -> None:
+    _seed(state)
+    assert [c.id for c in state.list_customers()] == ["acme"]
+    assert state.get_deployment("acme-chat").replicas == 2
+    state.end_instance("i-0", InstanceState.INTERRUPTED, NOW + timedelta(minutes=5))
+    running = state.list_instances("acme-chat")
+    assert [i.id for i in running] == ["i-1"]
+    everything = state.list_instances("acme-chat", include_ended=True)
+    ended = next(i for i in everything if i.id == "i-0")
+    assert ended.state is InstanceState.INTERRUPTED and ended.ended_at == NOW + timedelta(minutes=5)
+    assert state.instance_index() == {"i-0": ("acme", "acme-chat"), "i-1": ("acme", "acme-chat")}
+    with pytest.raises(KeyError, match="unknown deployment 'nope'"):
+        state.get_deployment("nope")
+
+
+def test_one_open_recommendation_per_kind_and_deployment(state: StateStore) -> None:
+    _seed(state)
+    assert state.add_recommendation(_rec("rec-1"))
+    assert not state.add_recommendation(_rec("rec-2"))
+    state.decide("rec-1", Decision.REJECT, "alice", "not now", via="cli", now=NOW)
+    assert state.add_recommendation(_rec("rec-3")), "a rejected recommendation no longer blocks a new one"
+
+
+def test_decide_once_and_audit(state: StateStore) -> None:
+    _seed(state)
+    state.add_recommendation(_rec())
+    approval = state.decide("rec-1", "approve", "alice", "ok", via="cli", now=NOW)
+    assert approval.decision is Decision.APPROVE and approval.id >= 1
+    rec = state.get_recommendation("rec-1")
+    assert rec.status is RecommendationStatus.APPROVED and rec.decided_by == "alice"
+    with pytest.raises(AlreadyDecidedError, match="already approved"):
+        state.decide("rec-1", "reject", "bob", "no", via="cli", now=NOW)
+    with pytest.raises(UnknownRecommendationError, match="unknown recommendation 'rec-x'"):
+        state.decide("rec-x", "approve", "bob", "", via="cli", now=NOW)
+    actions = [(e.actor, e.action) for e in state.list_audit("rec-1")]
+    assert actions == [("agent:spot_migration", "recommend"), ("alice", "approve")]
+    assert [a.recommendation_id for a in state.approvals_since(0)] == ["rec-1"]
+    assert state.approvals_since(approval.id) == []
+
+
+def test_expired_and_blocked_are_refused(state: StateStore) -> None:
+    _seed(state)
+    state.add_recommendation(_rec("rec-old", expires_at=NOW - timedelta(minutes=1)))
+    with pytest.raises(ExpiredRecommendationError, match="expired"):
+        state.decide("rec-old", "approve", "alice", "", via="cli", now=NOW)
+    assert state.get_recommendation("rec-old").status is RecommendationStatus.EXPIRED
+    state.add_recommendation(_rec("rec-b", status=RecommendationStatus.BLOCKED))
+    with pytest.raises(NotApprovableError, match="blocked"):
+        state.decide("rec-b", "approve", "alice", "", via="cli", now=NOW)
+    assert state.approvals_since(0) == []
+
+
+def test_racing_approvals_make_one_decision(state: StateStore) -> None:
+    _seed(state)
+    state.add_recommendation(_rec())
+    results: list[str] = []
+
+    def approve(who: str) -> None:
+        try:
+            state.decide("rec-1", "approve", who, "race", via="cli", now=NOW)
+            results.append("ok")
+        except AlreadyDecidedError:
+            results.append("refused")
+
+    threads = [threading.Thread(target=approve, args=(f"user{n}",)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["ok"] + ["refused"] * 5
+    assert len(state.approvals_since(0)) == 1
+
+
+def test_execution_is_created_once(state: StateStore) -> None:
+    _seed(state)
+    state.add_recommendation(_rec())
+    first = state.start_execution("rec-1", "run-a", {"instances": []}, NOW)
+    first.stage = 10
+    state.save_execution(first)
+    again = state.start_execution("rec-1", "run-b", {}, NOW)
+    assert again.run_id == "run-a" and again.stage == 10 and again.status is ExecutionStatus.RUNNING
+
+
+def test_audit_log_is_append_only(state: StateStore) -> None:
+    state.audit("alice", "note", "test", "x", {"a": 1})
+    with pytest.raises(sa.exc.DBAPIError, match="append-only"), state.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE audit_log SET actor = 'mallory'")
+    with pytest.raises(sa.exc.DBAPIError, match="append-only"), state.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM audit_log")
+    assert [e.actor for e in state.list_audit("x")] == ["alice"]
+
+
+def test_unreachable_database_names_the_masked_url() -> None:
+    store = StateStore("postgresql+psycopg2://alice:s3cret@127.0.0.1:1/nowhere")
+    with pytest.raises(StoreUnavailableError) as info:
+        store.migrate()
+    message = str(info.value)
+    assert "alice:***@127.0.0.1:1/nowhere" in message and "s3cret" not in message
