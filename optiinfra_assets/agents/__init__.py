@@ -1,0 +1,1 @@
+"""Each agent's logic: plain Python the Dagster assets call."""
