@@ -1,0 +1,519 @@
+"""The metric store: one set of ClickHouse SQL and DDL behind a small interface, two engines.
+
+* :class:`ChdbMetricStore` — embedded chdb on disk (the default). chdb lets one process at a time
+  open a data folder, and one session at a time exist in a process, while Dagster runs several
+  processes; the engine is therefore opened only for the duration of an operation (or a
+  :meth:`MetricStore.session` block), under an exclusive ``fcntl`` lock next to the folder.
+* :class:`ClickHouseServerMetricStore` — a ClickHouse server through clickhouse-connect.
+
+Queries take ClickHouse server-side parameters (``{name:Type}``), which both engines bind; table
+names only ever come from code.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import polars as pl
+import pyarrow as pa
+
+from optiinfra_assets.metrics import SCHEMAS, Domain, DomainSchema
+from resources.errors import StoreUnavailableError, mask_url
+
+__all__ = [
+    "ChdbMetricStore",
+    "ClickHouseServerMetricStore",
+    "MetricStore",
+    "StoreUnavailableError",
+    "mask_url",
+    "open_metric_store",
+]
+
+QUARANTINE_TABLE = "metric_quarantine"
+BASELINE_TABLE = "metric_baselines"
+MIGRATIONS_TABLE = "schema_migrations"
+
+# Quantile levels every *_hourly quantiles state holds; read helpers split them into columns.
+HOURLY_QUANTILES: tuple[float, ...] = (0.5, 0.95, 0.99)
+# The measures each hourly rollup keeps (avg + quantiles); the agents read nothing else hourly.
+HOURLY_MEASURES: dict[Domain, tuple[str, ...]] = {
+    Domain.PERFORMANCE: (
+        "requests_per_s",
+        "ttft_ms",
+        "itl_ms",
+        "latency_p95_ms",
+        "tokens_per_s",
+        "queue_length",
+        "kv_cache_usage",
+    ),
+    Domain.RESOURCE: ("gpu_util_pct", "gpu_mem_used_gib", "gpu_mem_total_gib", "power_w"),
+    Domain.QUALITY: ("quality_score", "hallucination_score", "toxicity_score"),
+}
+# The subset that also keeps quantile states: each one costs more per inserted row than the whole
+# validation of it (bench/ingest.py), so only the measures agents read percentiles of.
+HOURLY_QUANTILE_MEASURES: dict[Domain, tuple[str, ...]] = {
+    Domain.PERFORMANCE: ("ttft_ms", "itl_ms", "latency_p95_ms", "kv_cache_usage"),
+    Domain.RESOURCE: ("gpu_util_pct", "gpu_mem_used_gib", "power_w"),
+    Domain.QUALITY: ("quality_score", "hallucination_score", "toxicity_score"),
+}
+HOURLY_TABLES: dict[Domain, str] = {
+    Domain.PERFORMANCE: "performance_hourly",
+    Domain.RESOURCE: "resource_hourly",
+    Domain.QUALITY: "quality_hourly",
+}
+
+_TS_TYPE = "DateTime64(3, 'UTC')"
+
+
+# --------------------------------------------------------------------------------------------- DDL
+
+
+def _column_type(name: str, dtype: pl.DataType) -> str:
+    if name == "ts":
+        # Timestamps of one instance are near-regular: DoubleDelta turns them into runs of zeros.
+        return f"{_TS_TYPE} CODEC(DoubleDelta, ZSTD(1))"
+    if dtype == pl.String():
+        # request_id is unique per row: a dictionary would only grow.
+        return "String CODEC(ZSTD(1))" if name == "request_id" else "LowCardinality(String)"
+    # Not Gorilla: measured in bench/ingest.py it cost 30-50% of insert throughput on 1-second
+    # samples and compressed noisy gauges no better than ZSTD alone.
+    return "Float64 CODEC(ZSTD(1))"
+
+
+def _domain_table_ddl(db: str, schema: DomainSchema) -> str:
+    columns = ",\n  ".join(f"{n} {_column_type(n, t)}" for n, t in schema.polars_schema.items())
+    # Daily partitions for the 1-second domains keep TTL drops cheap; weekly ones for the sparse domains.
+    partition = "toYYYYMMDD(ts)" if schema.resolution == "1s" else "toMonday(ts)"
+    return (
+        f"CREATE TABLE IF NOT EXISTS {db}.{schema.table} (\n  {columns}\n)\n"
+        "ENGINE = MergeTree\n"
+        f"PARTITION BY {partition}\n"
+        "ORDER BY (customer_id, deployment_id, instance_id, ts)\n"
+        f"TTL toDateTime(ts) + INTERVAL {schema.retention_days} DAY\n"
+        "SETTINGS ttl_only_drop_parts = 1"
+    )
+
+
+def _quarantine_ddl(db: str) -> str:
+    return (
+        f"CREATE TABLE IF NOT EXISTS {db}.{QUARANTINE_TABLE} (\n"
+        f"  received_at {_TS_TYPE},\n"
+        "  domain LowCardinality(String),\n"
+        "  reason String,\n"
+        "  field LowCardinality(String),\n"
+        "  value String,\n"
+        "  raw String CODEC(ZSTD(3)),\n"
+        "  batch_id String\n"
+        ")\nENGINE = MergeTree\nPARTITION BY toMonday(received_at)\n"
+        "ORDER BY (domain, received_at)\n"
+        "TTL toDateTime(received_at) + INTERVAL 90 DAY"
+    )
+
+
+def _baselines_ddl(db: str) -> str:
+    # ReplacingMergeTree(computed_at): a recomputation replaces the older row of the same key.
+    return (
+        f"CREATE TABLE IF NOT EXISTS {db}.{BASELINE_TABLE} (\n"
+        "  customer_id LowCardinality(String),\n"
+        "  deployment_id LowCardinality(String),\n"
+        "  domain LowCardinality(String),\n"
+        "  metric LowCardinality(String),\n"
+        "  hour_of_week UInt8,\n"
+        "  median Float64, mad Float64, p05 Float64, p95 Float64,\n"
+        "  n UInt64,\n"
+        f"  computed_at {_TS_TYPE}\n"
+        ")\nENGINE = ReplacingMergeTree(computed_at)\n"
+        "ORDER BY (customer_id, deployment_id, domain, metric, hour_of_week)"
+    )
+
+
+def _cost_hourly_ddl(db: str) -> list[str]:
+    src = SCHEMAS[Domain.COST].table
+    return [
+        f"CREATE TABLE IF NOT EXISTS {db}.cost_hourly (\n"
+        "  customer_id LowCardinality(String), deployment_id LowCardinality(String),\n"
+        "  lifecycle LowCardinality(String), hour DateTime('UTC'),\n"
+        "  cost_usd Float64, samples UInt64\n"
+        ")\nENGINE = SummingMergeTree\nPARTITION BY toYYYYMM(hour)\n"
+        "ORDER BY (customer_id, deployment_id, lifecycle, hour)",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.cost_hourly_mv TO {db}.cost_hourly AS\n"
+        "SELECT customer_id, deployment_id, lifecycle, toStartOfHour(ts) AS hour,\n"
+        "  sum(cost_usd) AS cost_usd, count() AS samples\n"
+        f"FROM {db}.{src} GROUP BY customer_id, deployment_id, lifecycle, hour",
+    ]
+
+
+def _quantiles(combinator: str = "") -> str:
+    """``quantilesBFloat16<combinator>(levels)`` (the combinator suffix belongs to the name).
+
+    BFloat16 quantiles keep a histogram of 8-bit-mantissa values: under 1% relative error, and in
+    bench/ingest.py about a third cheaper per insert than the reservoir-sampling ``quantiles``, whose
+    states dominated the cost of 1-second inserts.
+    """
+    return f"quantilesBFloat16{combinator}({', '.join(str(q) for q in HOURLY_QUANTILES)})"
+
+
+def _aggregating_hourly_ddl(db: str, domain: Domain) -> list[str]:
+    table, src = HOURLY_TABLES[domain], SCHEMAS[domain].table
+    avgs, quantiled = HOURLY_MEASURES[domain], HOURLY_QUANTILE_MEASURES[domain]
+    q, q_state = _quantiles(), _quantiles("State")
+    state_cols = [f"{m}_avg AggregateFunction(avg, Float64)" for m in avgs]
+    state_cols += [f"{m}_q AggregateFunction({q}, Float64)" for m in quantiled]
+    states = [f"avgState({m}) AS {m}_avg" for m in avgs] + [f"{q_state}({m}) AS {m}_q" for m in quantiled]
+    return [
+        f"CREATE TABLE IF NOT EXISTS {db}.{table} (\n"
+        "  customer_id LowCardinality(String), deployment_id LowCardinality(String),\n"
+        "  hour DateTime('UTC'), samples SimpleAggregateFunction(sum, UInt64),\n"
+        f"  {', '.join(state_cols)}\n"
+        ")\nENGINE = AggregatingMergeTree\nPARTITION BY toYYYYMM(hour)\n"
+        "ORDER BY (customer_id, deployment_id, hour)",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{table}_mv TO {db}.{table} AS\n"
+        "SELECT customer_id, deployment_id, toStartOfHour(ts) AS hour, count() AS samples,\n"
+        f"  {', '.join(states)}\n"
+        f"FROM {db}.{src} GROUP BY customer_id, deployment_id, hour",
+    ]
+
+
+def migrations(db: str) -> list[tuple[int, list[str]]]:
+    """Versioned DDL, oldest first. Append a new version; never edit an applied one."""
+    v1 = [_domain_table_ddl(db, s) for s in SCHEMAS.values()]
+    v1 += [_quarantine_ddl(db), _baselines_ddl(db), *_cost_hourly_ddl(db)]
+    for domain in HOURLY_TABLES:
+        v1 += _aggregating_hourly_ddl(db, domain)
+    return [(1, v1)]
+
+
+# ----------------------------------------------------------------------------------- parameters
+
+
+def _utc_text(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # naive datetimes are UTC throughout OptiInfra
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _param_text(value: Any) -> str:
+    """A parameter in the text form ClickHouse parses for ``{name:Type}`` (what chdb needs)."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, datetime):
+        return _utc_text(value)
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, date | int | float):
+        return str(value)
+    if isinstance(value, str):
+        return value.replace("\\", "\\\\")  # parameters are parsed in the escaped format
+    if isinstance(value, list | tuple):
+        items = (_quote(v) if isinstance(v, str) else _param_text(v) for v in value)
+        return f"[{', '.join(items)}]"
+    raise TypeError(f"unsupported query parameter type {type(value).__name__}")
+
+
+def _server_params(parameters: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    # Datetimes go as UTC text so that both engines read the same instant, whatever the tzinfo.
+    if not parameters:
+        return None
+    return {k: _utc_text(v) if isinstance(v, datetime) else v for k, v in parameters.items()}
+
+
+# ------------------------------------------------------------------------------------- interface
+
+
+class MetricStore(ABC):
+    """ClickHouse metric tables, their rollups and the read helpers the agents use."""
+
+    display_url: str
+    database: str = "optiinfra"
+
+    # -- engine primitives
+    @abstractmethod
+    def insert_arrow(self, table: str, data: pa.Table) -> None:
+        """Append ``data`` (columns named as in the table) to ``database.table``."""
+
+    @abstractmethod
+    def query_arrow(self, sql: str, parameters: Mapping[str, Any] | None = None) -> pa.Table: ...
+
+    @abstractmethod
+    def command(self, sql: str) -> None: ...
+
+    @abstractmethod
+    def session(self) -> AbstractContextManager[None]:
+        """Group several operations under one open engine (re-entrant; a no-op for the server)."""
+
+    # -- derived
+    def query_polars(self, sql: str, parameters: Mapping[str, Any] | None = None) -> pl.DataFrame:
+        frame = pl.from_arrow(self.query_arrow(sql, parameters))
+        assert isinstance(frame, pl.DataFrame)
+        return frame
+
+    def insert_polars(self, table: str, frame: pl.DataFrame) -> None:
+        """Append a polars frame (columns named as in the table)."""
+        self.insert_arrow(table, frame.to_arrow())
+
+    def migrate(self) -> int:
+        """Apply the DDL versions not yet recorded in ``schema_migrations``; return the current version."""
+        db = self.database
+        with self.session():
+            self.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+            self.command(
+                f"CREATE TABLE IF NOT EXISTS {db}.{MIGRATIONS_TABLE} "
+                f"(version UInt32, applied_at {_TS_TYPE}) ENGINE = MergeTree ORDER BY version"
+            )
+            applied = set(self.query_polars(f"SELECT version FROM {db}.{MIGRATIONS_TABLE}")["version"])
+            for version, statements in migrations(db):
+                if version in applied:
+                    continue
+                for statement in statements:
+                    self.command(statement)
+                # Recorded last: a crash half-way re-runs the version, whose DDL is all IF NOT EXISTS.
+                self.command(f"INSERT INTO {db}.{MIGRATIONS_TABLE} VALUES ({version}, now64(3))")
+                applied.add(version)
+            return max(applied)
+
+    def count(self, table: str) -> int:
+        return int(self.query_arrow(f"SELECT count() AS n FROM {self.database}.{table}")["n"][0].as_py())
+
+    def watermarks(self, domain: Domain, since: datetime | None = None) -> dict[str, datetime]:
+        """instance_id -> latest ts stored. ``since`` limits the scan to rows at or after it (a caller
+        that only compares newer rows needs nothing older), which prunes partitions."""
+        where, params = (
+            ("WHERE ts >= {since:DateTime64(3, 'UTC')}", {"since": since}) if since else ("", None)
+        )
+        frame = self.query_polars(
+            f"SELECT instance_id, max(ts) AS latest FROM {self.database}.{SCHEMAS[domain].table} "
+            f"{where} GROUP BY instance_id",
+            params,
+        )
+        return dict(zip(frame["instance_id"].to_list(), frame["latest"].to_list(), strict=True))
+
+    # -- rollup readers
+    def hourly_cost(self, deployment_id: str | None = None, since: datetime | None = None) -> pl.DataFrame:
+        """Cost per customer, deployment, lifecycle and hour (USD spent in that hour)."""
+        where, params = _filters(deployment_id, since)
+        return self.query_polars(
+            "SELECT customer_id, deployment_id, lifecycle, toDateTime64(hour, 3, 'UTC') AS hour, "
+            "sum(cost_usd) AS cost_usd, "
+            f"sum(samples) AS samples FROM {self.database}.cost_hourly {where} "
+            "GROUP BY customer_id, deployment_id, lifecycle, hour ORDER BY deployment_id, hour, lifecycle",
+            params,
+        )
+
+    def hourly(
+        self, domain: Domain, deployment_id: str | None = None, since: datetime | None = None
+    ) -> pl.DataFrame:
+        """Per deployment-hour: samples, ``<m>_avg`` of each hourly measure and ``<m>_p50/_p95/_p99`` of
+        each quantiled one (HOURLY_QUANTILE_MEASURES)."""
+        table, avgs, quantiled = (
+            HOURLY_TABLES[domain],
+            HOURLY_MEASURES[domain],
+            HOURLY_QUANTILE_MEASURES[domain],
+        )
+        where, params = _filters(deployment_id, since)
+        q_merge = _quantiles("Merge")
+        merged = [f"avgMerge({m}_avg) AS {m}_avg" for m in avgs] + [
+            f"{q_merge}({m}_q) AS {m}_q" for m in quantiled
+        ]
+        frame = self.query_polars(
+            "SELECT customer_id, deployment_id, toDateTime64(hour, 3, 'UTC') AS hour, "
+            f"sum(samples) AS samples, {', '.join(merged)} "
+            f"FROM {self.database}.{table} {where} "
+            "GROUP BY customer_id, deployment_id, hour ORDER BY deployment_id, hour",
+            params,
+        )
+        split = [
+            pl.col(f"{m}_q").list.get(i).alias(f"{m}_p{round(level * 100):02d}")
+            for m in quantiled
+            for i, level in enumerate(HOURLY_QUANTILES)
+        ]
+        return frame.with_columns(split).drop([f"{m}_q" for m in quantiled])
+
+    def hourly_performance(
+        self, deployment_id: str | None = None, since: datetime | None = None
+    ) -> pl.DataFrame:
+        return self.hourly(Domain.PERFORMANCE, deployment_id, since)
+
+    def hourly_resource(
+        self, deployment_id: str | None = None, since: datetime | None = None
+    ) -> pl.DataFrame:
+        return self.hourly(Domain.RESOURCE, deployment_id, since)
+
+    def hourly_quality(self, deployment_id: str | None = None, since: datetime | None = None) -> pl.DataFrame:
+        return self.hourly(Domain.QUALITY, deployment_id, since)
+
+
+def _filters(deployment_id: str | None, since: datetime | None) -> tuple[str, dict[str, Any]]:
+    clauses, params = [], {}
+    if deployment_id is not None:
+        clauses.append("deployment_id = {deployment_id:String}")
+        params["deployment_id"] = deployment_id
+    if since is not None:
+        clauses.append("hour >= toStartOfHour({since:DateTime64(3, 'UTC')})")
+        params["since"] = since
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+# ------------------------------------------------------------------------------------------ chdb
+
+
+class _ChdbProcessState(threading.local):
+    """This thread's open chdb session (chdb allows one per process; one per thread is what we track)."""
+
+    path: Path | None = None
+    session: Any = None
+    depth: int = 0
+
+
+# One chdb session per process: threads take turns through this lock, and a thread holds it for as
+# long as its outermost session() block lasts.
+_CHDB_PROCESS_LOCK = threading.RLock()
+_CHDB_STATE = _ChdbProcessState()
+
+
+class ChdbMetricStore(MetricStore):
+    """Embedded chdb on disk at ``path``, opened per operation under an exclusive file lock."""
+
+    def __init__(self, path: Path, database: str = "optiinfra") -> None:
+        self.path = Path(path).resolve()
+        self.database = database
+        self.display_url = f"chdb://{self.path}"
+        self.lock_path = self.path.parent / f"{self.path.name}.lock"
+
+    @contextmanager
+    def _open(self) -> Iterator[Any]:
+        state = _CHDB_STATE
+        if state.depth:
+            if state.path != self.path:
+                raise RuntimeError(
+                    f"a chdb session on {state.path} is already open in this thread; "
+                    f"chdb allows one per process, so {self.path} cannot be opened inside it"
+                )
+            state.depth += 1
+            try:
+                yield state.session
+            finally:
+                state.depth -= 1
+            return
+        with _CHDB_PROCESS_LOCK, self._file_lock():
+            session = self._connect()
+            state.path, state.session, state.depth = self.path, session, 1
+            try:
+                yield session
+            finally:
+                state.path, state.session, state.depth = None, None, 0
+                session.close()
+
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+") as handle:
+            # Blocks until another process (Dagster daemon, code server, a run) closes its session.
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _connect(self) -> Any:
+        from chdb import session as chdb_session  # heavy import, only where the embedded engine runs
+
+        try:
+            return chdb_session.Session(str(self.path))
+        except Exception as exc:
+            raise StoreUnavailableError("metric store", self.display_url, exc) from exc
+
+    def session(self) -> AbstractContextManager[None]:
+        @contextmanager
+        def block() -> Iterator[None]:
+            with self._open():
+                yield
+
+        return block()
+
+    def command(self, sql: str) -> None:
+        with self._open() as s:
+            s.query(sql, "CSV")
+
+    def query_arrow(self, sql: str, parameters: Mapping[str, Any] | None = None) -> pa.Table:
+        params = {k: _param_text(v) for k, v in parameters.items()} if parameters else None
+        with self._open() as s:
+            return s.query(sql, "ArrowTable", params=params)
+
+    def insert_polars(self, table: str, frame: pl.DataFrame) -> None:
+        # chdb reads Arrow string views: the newest compat level hands polars' buffers over without
+        # the copy to large_string (~0.1 s per million rows of text). The server path keeps the default.
+        self.insert_arrow(table, frame.to_arrow(compat_level=pl.CompatLevel.newest()))
+
+    def insert_arrow(self, table: str, data: pa.Table) -> None:
+        if data.num_rows == 0:
+            return
+        columns = ", ".join(data.column_names)
+        # chdb's Python() table function finds ``data`` by name in this frame's locals.
+        with self._open() as s:
+            s.query(
+                f"INSERT INTO {self.database}.{table} ({columns}) SELECT {columns} FROM Python(data)", "CSV"
+            )
+
+
+# ---------------------------------------------------------------------------------------- server
+
+
+class ClickHouseServerMetricStore(MetricStore):
+    """A ClickHouse server, e.g. ``http://user:pass@host:8123/optiinfra`` (https for TLS)."""
+
+    def __init__(self, url: str) -> None:
+        import clickhouse_connect  # only where the server engine is configured
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise StoreUnavailableError(
+                "metric store", url, "expected http(s)://user:pass@host:port/database"
+            )
+        self.url = url
+        self.display_url = mask_url(url)
+        self.database = parts.path.strip("/") or "optiinfra"
+        try:
+            # The database may not exist yet (migrate creates it), so connect to the default one; every
+            # statement names its database. get_client queries the server: an unreachable one fails here.
+            self._client = clickhouse_connect.get_client(
+                host=parts.hostname,
+                port=parts.port or (8443 if parts.scheme == "https" else 8123),
+                username=unquote(parts.username or "default"),
+                password=unquote(parts.password or ""),
+                secure=parts.scheme == "https",
+                connect_timeout=5,
+            )
+        except Exception as exc:
+            raise StoreUnavailableError("metric store", url, exc) from exc
+
+    def session(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def command(self, sql: str) -> None:
+        self._client.command(sql)
+
+    def query_arrow(self, sql: str, parameters: Mapping[str, Any] | None = None) -> pa.Table:
+        return self._client.query_arrow(sql, parameters=_server_params(parameters))
+
+    def insert_arrow(self, table: str, data: pa.Table) -> None:
+        if data.num_rows:
+            self._client.insert_arrow(table, data, database=self.database)
+
+
+def open_metric_store(url: str, home: Path) -> MetricStore:
+    """The configured store: a ClickHouse server for a URL, else chdb under ``home/chdb``."""
+    if url.strip():
+        return ClickHouseServerMetricStore(url.strip())
+    return ChdbMetricStore(Path(home) / "chdb")
