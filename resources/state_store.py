@@ -601,21 +601,29 @@ class StateStore:
             via=via,
         )
 
+    @staticmethod
+    def _approval_from_row(r: sa.RowMapping) -> Approval:
+        return Approval(
+            id=r["id"],
+            recommendation_id=r["recommendation_id"],
+            decision=r["decision"],
+            by=r["decided_by"],
+            comment=r["comment"],
+            at=_utc(r["at"]),
+            via=r["via"],
+        )
+
     def approvals_since(self, after_id: int, limit: int = 1000) -> list[Approval]:
         query = sa.select(approvals).where(approvals.c.id > after_id).order_by(approvals.c.id).limit(limit)
         with self._begin() as conn:
-            return [
-                Approval(
-                    id=r["id"],
-                    recommendation_id=r["recommendation_id"],
-                    decision=r["decision"],
-                    by=r["decided_by"],
-                    comment=r["comment"],
-                    at=_utc(r["at"]),
-                    via=r["via"],
-                )
-                for r in conn.execute(query).mappings()
-            ]
+            return [self._approval_from_row(r) for r in conn.execute(query).mappings()]
+
+    def get_approval(self, rec_id: str) -> Approval | None:
+        """The decision recorded for a recommendation (at most one: approvals are unique per recommendation)."""
+        query = sa.select(approvals).where(approvals.c.recommendation_id == rec_id)
+        with self._begin() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else self._approval_from_row(row)
 
     def set_recommendation_status(
         self, rec_id: str, status: RecommendationStatus, *, expected: Sequence[RecommendationStatus]

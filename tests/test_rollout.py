@@ -1,0 +1,298 @@
+"""The staged executor on the sandbox fleet, both state engines, Qdrant local mode for memory."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from optiinfra_assets import sandbox
+from optiinfra_assets.agents.baselines import BaselineStat
+from optiinfra_assets.agents.cost import analyze_spot_migration, spot_migration_recommendation
+from optiinfra_assets.agents.rollout import (
+    NotApprovedError,
+    RolloutContext,
+    UnknownActionError,
+    execute,
+    moved_at,
+)
+from optiinfra_assets.catalog import instance_type
+from optiinfra_assets.models import (
+    ExecutionStatus,
+    Fault,
+    FaultKind,
+    Lifecycle,
+    RecommendationStatus,
+)
+from resources.memory_store import QdrantMemoryStore
+from resources.state_store import StateStore
+from resources.targets import SandboxTarget, interrupt_spot_instance
+
+SEED = 7
+DEP = "acme-chat-8b"  # 4 on-demand g6e.xlarge replicas
+START = datetime(2026, 3, 3, 14, 0, tzinfo=UTC)
+QUALITY = BaselineStat(median=0.88, mad=0.02, p05=0.83, p95=0.93, n=5000)
+
+
+class Clock:
+    """Test time: the sandbox target and the executor read it; a soak advances it."""
+
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def fleet(state: StateStore, clock: Clock) -> SandboxTarget:
+    customers, deployments, instances = sandbox.initial_fleet(SEED, clock())
+    for c in customers:
+        state.upsert_customer(c)
+    for d in deployments:
+        state.upsert_deployment(d)
+    state.add_instances(instances)
+    return SandboxTarget(state, SEED, clock=clock)
+
+
+@pytest.fixture
+def memory(tmp_path: Path) -> QdrantMemoryStore:
+    return QdrantMemoryStore(path=tmp_path / "qdrant")
+
+
+def _latency_baseline(target: SandboxTarget) -> BaselineStat:
+    p95 = target.observe(DEP, 60)["latency_p95_ms"]
+    return BaselineStat(median=p95, mad=0.1 * p95, p05=0.8 * p95, p95=1.2 * p95, n=5000)
+
+
+def make_context(state, target, memory, clock, **overrides) -> RolloutContext:
+    def soak(seconds: float) -> None:
+        clock.advance(seconds)
+
+    settings = {
+        "state": state,
+        "target": target,
+        "quality_baseline": QUALITY,
+        "latency_baseline": _latency_baseline(target),
+        "memory": memory,
+        "soak_s": 30.0,
+        "observe_s": 60,
+        "clock": clock,
+        "sleep": soak,
+    }
+    return RolloutContext(**(settings | overrides))
+
+
+def recommend(state: StateStore, clock: Clock, *, approve: bool = True) -> str:
+    customer = state.get_customer("acme")
+    analysis = analyze_spot_migration(customer, state.get_deployment(DEP), state.list_instances(DEP), None)
+    rec = spot_migration_recommendation(analysis, clock(), timedelta(hours=24))
+    assert rec is not None
+    assert state.add_recommendation(rec)
+    if approve:
+        state.decide(rec.id, "approve", "alice", "go", via="cli", now=clock())
+    return rec.id
+
+
+def lifecycles(state: StateStore) -> Counter:
+    return Counter(i.lifecycle for i in state.list_instances(DEP))
+
+
+def test_moved_at_rounds_up() -> None:
+    assert [moved_at(4, p) for p in (10, 50, 100)] == [1, 2, 4]
+    assert [moved_at(1, p) for p in (10, 50, 100)] == [1, 1, 1]
+    assert [moved_at(10, p) for p in (10, 50, 100)] == [1, 5, 10]
+
+
+def test_rollout_succeeds_stage_by_stage_and_is_remembered(state, fleet, memory, clock) -> None:
+    rec_id = recommend(state, clock)
+    ctx = make_context(state, fleet, memory, clock)
+
+    execution = execute(ctx, rec_id, run_id="run-1")
+
+    assert execution.status == ExecutionStatus.SUCCEEDED and execution.stage == 100
+    assert [(s.stage_pct, s.target_count, s.check_passed) for s in execution.stages] == [
+        (10, 1, True),
+        (50, 2, True),
+        (100, 4, True),
+    ]
+    assert all("quality" in s.reason and "baseline 0.880" in s.reason for s in execution.stages)
+    assert lifecycles(state) == Counter({Lifecycle.SPOT: 4})
+    assert state.get_recommendation(rec_id).status == RecommendationStatus.EXECUTED
+    stored = state.get_execution(rec_id)
+    assert stored is not None and stored.status == ExecutionStatus.SUCCEEDED and len(stored.stages) == 3
+
+    (outcome,) = state.list_outcomes("spot_migration")
+    itype = instance_type("g6e.xlarge")
+    expected = 4 * (itype.ondemand_usd_hour - itype.spot_usd_hour) * 730
+    assert not outcome.rolled_back
+    assert outcome.realized_monthly_savings_usd == pytest.approx(expected, abs=0.05)
+    assert abs(outcome.quality_delta_pct) < 5
+    assert set(outcome.features) >= {"interruption_rate", "risk_score"}
+    assert memory.count("spot_migration") == 1
+
+    actions = [e.action for e in state.list_audit(rec_id) if e.actor == "executor"]
+    assert actions.count("stage_applied") == 3 and actions.count("stage_checked") == 3
+    assert "execution_succeeded" in actions and "outcome_recorded" in actions
+
+
+def test_nothing_runs_without_an_approval(state, fleet, memory, clock) -> None:
+    rec_id = recommend(state, clock, approve=False)
+    ctx = make_context(state, fleet, memory, clock)
+
+    with pytest.raises(NotApprovedError, match=rf"'{rec_id}' is pending, not approved: nothing was changed"):
+        execute(ctx, rec_id, None)
+
+    state.decide(rec_id, "reject", "bob", "too risky", via="ui", now=clock())
+    with pytest.raises(NotApprovedError, match="is rejected, not approved"):
+        execute(ctx, rec_id, None)
+    assert state.get_execution(rec_id) is None
+    assert lifecycles(state) == Counter({Lifecycle.ON_DEMAND: 4})
+
+
+def test_approved_status_without_an_approval_row_is_refused(state, fleet, memory, clock) -> None:
+    rec_id = recommend(state, clock, approve=False)
+    # A status forced to approved behind the decision path's back carries no approval: refused.
+    state.set_recommendation_status(
+        rec_id, RecommendationStatus.APPROVED, expected=[RecommendationStatus.PENDING]
+    )
+
+    with pytest.raises(NotApprovedError, match="has no approval on record"):
+        execute(make_context(state, fleet, memory, clock), rec_id, None)
+    assert lifecycles(state) == Counter({Lifecycle.ON_DEMAND: 4})
+
+
+def test_executing_twice_returns_the_finished_execution(state, fleet, memory, clock) -> None:
+    rec_id = recommend(state, clock)
+    ctx = make_context(state, fleet, memory, clock)
+    first = execute(ctx, rec_id, "run-1")
+    instances = state.list_instances(DEP, include_ended=True)
+
+    second = execute(ctx, rec_id, "run-2")
+
+    assert second.status == ExecutionStatus.SUCCEEDED and second.run_id == "run-1"
+    assert second.finished_at == first.finished_at
+    assert state.list_instances(DEP, include_ended=True) == instances
+    assert len(state.list_outcomes()) == 1 and memory.count() == 1
+
+
+class Killed(KeyboardInterrupt):
+    """The run's process dies (not an error the executor may handle)."""
+
+
+def test_a_killed_run_resumes_from_its_recorded_stage(state, fleet, memory, clock) -> None:
+    rec_id = recommend(state, clock)
+
+    def die(_: float) -> None:
+        raise Killed
+
+    with pytest.raises(Killed):
+        execute(make_context(state, fleet, memory, clock, sleep=die), rec_id, "run-1")
+
+    stored = state.get_execution(rec_id)
+    assert stored is not None and stored.status == ExecutionStatus.RUNNING and stored.stage == 10
+    assert [(s.stage_pct, s.target_count, s.check_passed) for s in stored.stages] == [(10, 1, None)]
+    assert state.get_recommendation(rec_id).status == RecommendationStatus.EXECUTING
+    assert lifecycles(state) == Counter({Lifecycle.SPOT: 1, Lifecycle.ON_DEMAND: 3})
+
+    resumed = execute(make_context(state, fleet, memory, clock), rec_id, "run-2")
+
+    assert resumed.status == ExecutionStatus.SUCCEEDED
+    assert [s.stage_pct for s in resumed.stages] == [10, 50, 100]
+    assert all(s.check_passed for s in resumed.stages)
+    assert lifecycles(state) == Counter({Lifecycle.SPOT: 4})
+    # Exactly four spot instances were ever launched: the 10% stage was re-checked, not re-applied.
+    spot_ever = [i for i in state.list_instances(DEP, include_ended=True) if i.lifecycle == Lifecycle.SPOT]
+    assert len(spot_ever) == 4
+    assert "execution_resumed" in [e.action for e in state.list_audit(rec_id)]
+
+
+def test_a_spot_loss_during_the_rollout_is_healed_and_recorded(state, fleet, memory, clock) -> None:
+    rec_id = recommend(state, clock)
+    lost: list[str] = []
+
+    def soak_and_lose_one(seconds: float) -> None:
+        clock.advance(seconds)
+        if not lost:  # the cloud reclaims a spot instance during the first soak
+            victim = interrupt_spot_instance(state, DEP, clock())
+            assert victim is not None
+            lost.append(victim)
+
+    execution = execute(make_context(state, fleet, memory, clock, sleep=soak_and_lose_one), rec_id, None)
+
+    assert execution.status == ExecutionStatus.SUCCEEDED
+    first = execution.stages[0]
+    assert "spot loss during the 10% stage" in first.reason
+    assert first.observation["healed_instances"] == 1.0
+    assert lifecycles(state) == Counter({Lifecycle.SPOT: 4})
+    assert "spot_loss_healed" in [e.action for e in state.list_audit(rec_id)]
+
+
+def test_a_quality_drop_on_spot_rolls_back_with_the_figures(state, fleet, memory, clock) -> None:
+    rec_id = recommend(state, clock)
+    state.add_fault(
+        Fault(
+            deployment_id=DEP,
+            kind=FaultKind.QUALITY_DEGRADATION,
+            params={"drop_pct": 12, "scope": "spot"},
+            created_at=clock(),
+        )
+    )
+
+    execution = execute(make_context(state, fleet, memory, clock), rec_id, None)
+
+    # 1 of 4 replicas degraded by 12% is a 3% drop (kept); 2 of 4 is 6%, over the 5% threshold.
+    assert execution.status == ExecutionStatus.ROLLED_BACK and execution.stage == 50
+    assert [s.check_passed for s in execution.stages] == [True, False]
+    assert "quality check failed at the 50% stage" in execution.reason
+    assert "vs baseline 0.880" in execution.reason and "over the 5% threshold" in execution.reason
+    assert lifecycles(state) == Counter({Lifecycle.ON_DEMAND: 4})
+    assert state.get_recommendation(rec_id).status == RecommendationStatus.ROLLED_BACK
+
+    (outcome,) = state.list_outcomes()
+    assert outcome.rolled_back and outcome.realized_monthly_savings_usd == 0.0
+    assert outcome.quality_delta_pct < -5
+    (remembered,) = memory.similar("spot_migration", outcome.features)
+    assert remembered.rolled_back and remembered.similarity == pytest.approx(1.0)
+
+
+def test_an_unexpected_error_restores_and_fails(state, fleet, memory, clock) -> None:
+    rec_id = recommend(state, clock)
+
+    def broken(_: float) -> None:
+        raise RuntimeError("monitoring backend down")
+
+    with pytest.raises(RuntimeError, match="monitoring backend down"):
+        execute(make_context(state, fleet, memory, clock, sleep=broken), rec_id, None)
+
+    stored = state.get_execution(rec_id)
+    assert stored is not None and stored.status == ExecutionStatus.FAILED
+    assert stored.reason == "RuntimeError: monitoring backend down"
+    assert state.get_recommendation(rec_id).status == RecommendationStatus.FAILED
+    assert lifecycles(state) == Counter({Lifecycle.ON_DEMAND: 4})
+    assert state.list_outcomes() == [] and memory.count() == 0
+
+
+def test_an_unknown_action_kind_changes_nothing(state, fleet, memory, clock) -> None:
+    customer = state.get_customer("acme")
+    analysis = analyze_spot_migration(customer, state.get_deployment(DEP), state.list_instances(DEP), None)
+    rec = spot_migration_recommendation(analysis, clock(), timedelta(hours=24))
+    assert rec is not None
+    rec.action["kind"] = "teleport"
+    state.add_recommendation(rec)
+    state.decide(rec.id, "approve", "alice", "go", via="cli", now=clock())
+
+    with pytest.raises(UnknownActionError, match="no executor for action kind 'teleport'"):
+        execute(make_context(state, fleet, memory, clock), rec.id, None)
+    assert state.get_execution(rec.id) is None
+    assert state.get_recommendation(rec.id).status == RecommendationStatus.APPROVED
