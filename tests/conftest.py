@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from resources.state_store import StateStore  # noqa: E402
+from resources.state_store import StateStore
 
 PG_URL = os.environ.get("OPTIINFRA_TEST_DATABASE_URL", "")
 

@@ -33,17 +33,28 @@ NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
 def _seed(state: StateStore) -> None:
-    state.upsert_customer(Customer(id="acme", name="Acme", slo_p95_latency_ms=2000, min_monthly_savings_usd=100))
+    state.upsert_customer(
+        Customer(id="acme", name="Acme", slo_p95_latency_ms=2000, min_monthly_savings_usd=100)
+    )
     state.upsert_deployment(
         Deployment(
-            id="acme-chat", customer_id="acme", model="Llama-3.1-8B", instance_type="g6e.xlarge",
-            replicas=2, base_requests_per_s=4,
+            id="acme-chat",
+            customer_id="acme",
+            model="Llama-3.1-8B",
+            instance_type="g6e.xlarge",
+            replicas=2,
+            base_requests_per_s=4,
         )
     )
     state.add_instances(
         [
-            Instance(id=f"i-{n}", deployment_id="acme-chat", instance_type="g6e.xlarge",
-                     lifecycle=Lifecycle.ON_DEMAND, launched_at=NOW)
+            Instance(
+                id=f"i-{n}",
+                deployment_id="acme-chat",
+                instance_type="g6e.xlarge",
+                lifecycle=Lifecycle.ON_DEMAND,
+                launched_at=NOW,
+            )
             for n in range(2)
         ]
     )
@@ -51,9 +62,16 @@ def _seed(state: StateStore) -> None:
 
 def _rec(rec_id: str = "rec-1", deployment: str = "acme-chat", **kw: object) -> Recommendation:
     values: dict[str, object] = dict(
-        id=rec_id, kind="spot_migration", customer_id="acme", deployment_id=deployment, created_at=NOW,
-        expires_at=NOW + timedelta(hours=24), estimated_monthly_savings_usd=1234.5, risk=Risk.LOW,
-        risk_score=0.1, summary="move to spot",
+        id=rec_id,
+        kind="spot_migration",
+        customer_id="acme",
+        deployment_id=deployment,
+        created_at=NOW,
+        expires_at=NOW + timedelta(hours=24),
+        estimated_monthly_savings_usd=1234.5,
+        risk=Risk.LOW,
+        risk_score=0.1,
+        summary="move to spot",
     )
     values.update(kw)
     return Recommendation.model_validate(values)

@@ -1,0 +1,188 @@
+"""The fleet inventory and the four raw metric assets, with their freshness and well-formedness checks."""
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from optiinfra_assets.collection import collect_metrics
+from optiinfra_assets.metrics import SCHEMAS, Domain
+from optiinfra_assets.reporting import md_table
+from optiinfra_assets.workflow import ensure_sandbox_fleet
+from resources.dagster_resources import FleetResource, MetricStoreResource, StateStoreResource
+
+GROUP = "metrics"
+# How stale the newest row of a domain may be before its freshness check fails (the refresh sensor
+# runs every 30 s; cost rows land once a minute; quality is sampled).
+MAX_STALENESS = {Domain.COST: 5, Domain.PERFORMANCE: 3, Domain.RESOURCE: 3, Domain.QUALITY: 5}
+
+
+@dg.asset(group_name=GROUP, kinds={"sqlite"})
+def fleet_inventory(
+    context: dg.AssetExecutionContext, state_store: StateStoreResource, fleet: FleetResource
+) -> dg.MaterializeResult:
+    """Customers, deployments and running instances. Seeds the sandbox fleet on first start."""
+    state = state_store.get()
+    if fleet.source == "sandbox" and ensure_sandbox_fleet(state, fleet.seed, datetime.now(UTC)):
+        context.log.info("seeded the sandbox fleet (seed %s)", fleet.seed)
+    instances = state.list_instances()
+    rows = [
+        {
+            "deployment": d.id,
+            "customer": d.customer_id,
+            "model": d.model,
+            "instance_type": d.instance_type,
+            "replicas": d.replicas,
+            "on_demand": sum(1 for i in instances if i.deployment_id == d.id and i.lifecycle == "on_demand"),
+            "spot": sum(1 for i in instances if i.deployment_id == d.id and i.lifecycle == "spot"),
+        }
+        for d in state.list_deployments()
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "customers": len(state.list_customers()),
+            "deployments": len(rows),
+            "running_instances": len(instances),
+            "spot_instances": sum(r["spot"] for r in rows),
+            "fleet": dg.MetadataValue.md(md_table(rows)),
+        }
+    )
+
+
+def _spec(domain: Domain) -> dg.AssetSpec:
+    schema = SCHEMAS[domain]
+    return dg.AssetSpec(
+        schema.table,
+        group_name=GROUP,
+        deps=[fleet_inventory],
+        kinds={"clickhouse"},
+        description=f"Raw {domain} metrics ({schema.resolution} per instance), validated; "
+        f"malformed rows go to metric_quarantine. Retention {schema.retention_days} days.",
+    )
+
+
+RAW_METRIC_SPECS = {domain: _spec(domain) for domain in Domain}
+
+
+def _customer_summary(store, domain: Domain, since: datetime) -> str:
+    schema = SCHEMAS[domain]
+    measures = [m.name for m in schema.measures][:3]
+    averages = ", ".join(f"round(avg({m}), 3) AS avg_{m}" for m in measures)
+    frame = store.query_polars(
+        f"SELECT customer_id, count() AS rows, uniqExact(instance_id) AS instances, {averages} "
+        f"FROM {store.database}.{schema.table} WHERE ts >= {{since:DateTime64(3, 'UTC')}} "
+        "GROUP BY customer_id ORDER BY customer_id",
+        {"since": since},
+    )
+    return md_table(frame.to_dicts())
+
+
+@dg.multi_asset(specs=list(RAW_METRIC_SPECS.values()))
+def raw_metrics(
+    context: dg.AssetExecutionContext,
+    state_store: StateStoreResource,
+    metric_store: MetricStoreResource,
+    fleet: FleetResource,
+):
+    """Collects from the configured source since the last watermark (a week of backfill at first
+    start), validates every row and ingests it. One materialization per domain."""
+    state, store = state_store.get(), metric_store.get()
+    now = datetime.now(UTC).replace(microsecond=0)
+    report = collect_metrics(
+        state,
+        store,
+        fleet.metric_source,
+        now,
+        backfill_days=fleet.backfill_days,
+        backfill_step_s=fleet.backfill_step_s,
+        log=context.log.info,
+    )
+    since = report.windows[0].start if report.windows else now
+    for domain, spec in RAW_METRIC_SPECS.items():
+        reasons = report.reasons(domain)
+        with store.session():
+            summary = _customer_summary(store, domain, since)
+        yield dg.MaterializeResult(
+            asset_key=spec.key,
+            metadata={
+                "rows_received": report.total(domain, "received"),
+                "rows_accepted": report.total(domain, "accepted"),
+                "rows_quarantined": report.total(domain, "quarantined"),
+                "windows": len(report.windows),
+                "backfill": any(w.is_backfill for w in report.windows),
+                "source_status": "; ".join(sorted(set(report.statuses))) or "no new window",
+                "quarantine_reasons": dg.MetadataValue.md(
+                    md_table([{"reason": r, "rows": n} for r, n in sorted(reasons.items())])
+                ),
+                "per_customer": dg.MetadataValue.md(summary),
+                "window_start": since.isoformat(),
+                "window_end": now.isoformat(),
+            },
+        )
+
+
+def _freshness_check(domain: Domain) -> dg.AssetChecksDefinition:
+    schema = SCHEMAS[domain]
+
+    @dg.asset_check(asset=RAW_METRIC_SPECS[domain].key, name=f"{schema.table}_fresh")
+    def check(metric_store: MetricStoreResource) -> dg.AssetCheckResult:
+        store = metric_store.get()
+        newest = store.query_polars(
+            f"SELECT max(ts) AS newest, count() AS n FROM {store.database}.{schema.table}"
+        )
+        n = int(newest["n"][0])
+        age_min = (datetime.now(UTC) - newest["newest"][0]).total_seconds() / 60 if n else float("inf")
+        limit = MAX_STALENESS[domain]
+        return dg.AssetCheckResult(
+            passed=age_min <= limit,
+            metadata={
+                "newest_row_age_minutes": round(age_min, 2) if n else -1,
+                "limit_minutes": limit,
+                "rows": n,
+            },
+            description=f"newest {domain} row is {age_min:.1f} min old (limit {limit} min)",
+        )
+
+    return check
+
+
+def _well_formed_check(domain: Domain) -> dg.AssetChecksDefinition:
+    schema = SCHEMAS[domain]
+    bad = " OR ".join(
+        f"NOT isFinite({m.name}) OR {m.name} < {m.lo}"
+        + (f" OR {m.name} > {m.hi}" if m.hi != float("inf") else "")
+        for m in schema.measures
+    )
+
+    @dg.asset_check(asset=RAW_METRIC_SPECS[domain].key, name=f"{schema.table}_well_formed")
+    def check(metric_store: MetricStoreResource) -> dg.AssetCheckResult:
+        store = metric_store.get()
+        since = datetime.now(UTC) - timedelta(hours=1)
+        stored = store.query_polars(
+            f"SELECT countIf({bad}) AS bad, count() AS n FROM {store.database}.{schema.table} "
+            "WHERE ts >= {since:DateTime64(3, 'UTC')}",
+            {"since": since},
+        )
+        quarantined = store.query_polars(
+            f"SELECT count() AS n FROM {store.database}.metric_quarantine "
+            "WHERE domain = {domain:String} AND received_at >= {since:DateTime64(3, 'UTC')}",
+            {"domain": domain.value, "since": since},
+        )
+        n_bad, n = int(stored["bad"][0]), int(stored["n"][0])
+        n_quarantined = int(quarantined["n"][0])
+        ratio = n_quarantined / max(1, n + n_quarantined)
+        return dg.AssetCheckResult(
+            passed=n_bad == 0 and ratio <= 0.05,
+            severity=dg.AssetCheckSeverity.ERROR if n_bad else dg.AssetCheckSeverity.WARN,
+            metadata={
+                "invalid_stored_rows": n_bad,
+                "rows_last_hour": n,
+                "quarantined_last_hour": n_quarantined,
+                "quarantine_ratio": round(ratio, 4),
+            },
+            description=f"{n_bad} invalid stored rows; {n_quarantined} quarantined in the last hour",
+        )
+
+    return check
+
+
+METRIC_CHECKS = [make(domain) for domain in Domain for make in (_freshness_check, _well_formed_check)]

@@ -1,0 +1,237 @@
+"""The `optiinfra` command: read and decide recommendations, follow executions, poke the sandbox.
+
+It talks to the same stores as the Dagster assets (chosen by the same OPTIINFRA_* variables) and to
+nothing else: a decision made here is picked up by approval_sensor within one sensor interval.
+Exit codes: 0 ok, 2 a refused request (unknown/decided/expired recommendation, bad argument),
+3 a store that cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from optiinfra_assets.config import ENV_VARS, Settings
+from optiinfra_assets.models import Execution, Fault, FaultKind, Recommendation, RecommendationStatus
+from optiinfra_assets.workflow import decide
+from resources.errors import StoreUnavailableError, mask_url
+from resources.state_store import RecommendationError, StateStore, sqlite_url
+
+
+def _state(settings: Settings) -> StateStore:
+    store = StateStore(settings.database_url or sqlite_url(settings.home / "state.db"))
+    store.migrate()
+    return store
+
+
+def recommendation_json(rec: Recommendation) -> dict[str, Any]:
+    assessment = rec.risk_assessment
+    return {
+        "id": rec.id,
+        "kind": rec.kind,
+        "status": rec.status.value,
+        "customer": rec.customer_id,
+        "deployment": rec.deployment_id,
+        "estimated_monthly_savings_usd": round(rec.estimated_monthly_savings_usd, 2),
+        "risk": rec.risk.value,
+        "risk_score": round(rec.risk_score, 3),
+        "summary": rec.summary,
+        "created_at": rec.created_at.isoformat(),
+        "expires_at": rec.expires_at.isoformat(),
+        "validations": [v.model_dump() for v in rec.validations],
+        "risk_assessment": assessment.model_dump(mode="json") if assessment else None,
+        "decided_by": rec.decided_by,
+        "decided_at": rec.decided_at.isoformat() if rec.decided_at else None,
+        "decision_comment": rec.decision_comment,
+    }
+
+
+def execution_json(execution: Execution) -> dict[str, Any]:
+    return {
+        "recommendation_id": execution.recommendation_id,
+        "status": execution.status.value,
+        "stage": execution.stage,
+        "started_at": execution.started_at.isoformat(),
+        "finished_at": execution.finished_at.isoformat() if execution.finished_at else None,
+        "reason": execution.reason,
+        "run_id": execution.run_id,
+        "stages": [s.model_dump(mode="json") for s in execution.stages],
+    }
+
+
+def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def cmd_recommendations(args: argparse.Namespace, settings: Settings) -> int:
+    if args.status is not None:
+        RecommendationStatus(args.status)  # a clear error for a bad value, before touching the store
+    recs = _state(settings).list_recommendations(status=args.status, kind=args.kind, limit=args.limit)
+    rows = [recommendation_json(r) for r in recs]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(
+            rows, ["id", "kind", "status", "customer", "deployment", "estimated_monthly_savings_usd", "risk"]
+        )
+    return 0
+
+
+def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
+    approval = decide(_state(settings), args.id, args.decision, args.by, args.comment, via="cli")
+    verb = "approved" if approval.decision.value == "approve" else "rejected"
+    print(f"{approval.recommendation_id} {verb} by {approval.by} (approval #{approval.id})")
+    return 0
+
+
+def cmd_executions(args: argparse.Namespace, settings: Settings) -> int:
+    rows = [execution_json(e) for e in _state(settings).list_executions(status=args.status)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows, ["recommendation_id", "status", "stage", "started_at", "reason"])
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    entries = _state(settings).list_audit(entity_id=args.entity, limit=args.limit)
+    rows = [e.model_dump(mode="json") for e in entries]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows, ["id", "at", "actor", "action", "entity_type", "entity_id"])
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
+    from resources.targets import interrupt_spot_instance  # the sandbox only; keeps `optiinfra` start fast
+
+    state = _state(settings)
+    now = datetime.now(UTC)
+    if args.action == "status":
+        instances = state.list_instances()
+        rows = [
+            {
+                "deployment": d.id,
+                "customer": d.customer_id,
+                "model": d.model,
+                "instance_type": d.instance_type,
+                "on_demand": sum(
+                    1 for i in instances if i.deployment_id == d.id and i.lifecycle == "on_demand"
+                ),
+                "spot": sum(1 for i in instances if i.deployment_id == d.id and i.lifecycle == "spot"),
+                "faults": ", ".join(f.kind.value for f in state.list_faults(d.id)),
+            }
+            for d in state.list_deployments()
+        ]
+        _print_table(
+            rows, ["deployment", "customer", "model", "instance_type", "on_demand", "spot", "faults"]
+        )
+        return 0
+    state.get_deployment(args.deployment)  # KeyError naming it if unknown
+    if args.action == "degrade-quality":
+        fault = Fault(
+            deployment_id=args.deployment,
+            kind=FaultKind.QUALITY_DEGRADATION,
+            params={"drop_pct": args.drop_pct, "scope": args.scope},
+            created_at=now,
+        )
+        fault_id = state.add_fault(fault)
+        state.audit("cli", "inject_fault", "deployment", args.deployment, fault.model_dump(mode="json"))
+        print(
+            f"fault #{fault_id}: quality of {args.deployment} ({args.scope} replicas) drops {args.drop_pct}%"
+        )
+    elif args.action == "lose-spot":
+        lost = interrupt_spot_instance(state, args.deployment, now)
+        print(
+            f"spot instance {lost} of {args.deployment} interrupted"
+            if lost
+            else "no running spot instance to lose"
+        )
+    elif args.action == "clear":
+        print(f"cleared {state.clear_faults(args.deployment)} fault(s) on {args.deployment}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+
+    for name, (default, help_text) in ENV_VARS.items():
+        value = os.environ.get(name, default)
+        shown = mask_url(value) if "URL" in name else value
+        print(f"{name}={shown}\n    {help_text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="optiinfra", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    recs = sub.add_parser("recommendations", help="list recommendations")
+    recs.add_argument("--status", choices=[s.value for s in RecommendationStatus])
+    recs.add_argument("--kind")
+    recs.add_argument("--limit", type=int)
+    recs.add_argument("--json", action="store_true")
+    recs.set_defaults(func=cmd_recommendations)
+
+    for decision in ("approve", "reject"):
+        p = sub.add_parser(decision, help=f"{decision} a pending recommendation")
+        p.add_argument("id")
+        p.add_argument("--by", required=True, help="who decides (recorded in the audit log)")
+        p.add_argument("--comment", default="")
+        p.set_defaults(func=cmd_decide, decision=decision)
+
+    execs = sub.add_parser("executions", help="list executions and their stages")
+    execs.add_argument("--status", choices=["running", "succeeded", "rolled_back", "failed"])
+    execs.add_argument("--json", action="store_true")
+    execs.set_defaults(func=cmd_executions)
+
+    audit = sub.add_parser("audit", help="read the append-only audit log")
+    audit.add_argument("--entity", help="only entries about this id")
+    audit.add_argument("--limit", type=int, default=200)
+    audit.add_argument("--json", action="store_true")
+    audit.set_defaults(func=cmd_audit)
+
+    sandbox = sub.add_parser("sandbox", help="inspect the sandbox fleet or inject a fault")
+    actions = sandbox.add_subparsers(dest="action", required=True)
+    actions.add_parser("status", help="deployments and their on-demand/spot replicas")
+    degrade = actions.add_parser("degrade-quality", help="lower output quality of a deployment")
+    degrade.add_argument("deployment")
+    degrade.add_argument("--drop-pct", type=float, default=12.0)
+    degrade.add_argument("--scope", choices=["spot", "all"], default="spot")
+    lose = actions.add_parser("lose-spot", help="the cloud reclaims one spot instance")
+    lose.add_argument("deployment")
+    clear = actions.add_parser("clear", help="clear a deployment's faults")
+    clear.add_argument("deployment")
+    sandbox.set_defaults(func=cmd_sandbox)
+
+    config = sub.add_parser("config", help="the OPTIINFRA_* variables in effect (passwords masked)")
+    config.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args, Settings.from_env()))
+    except (RecommendationError, KeyError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"optiinfra: error: {message}", file=sys.stderr)
+        return 2
+    except StoreUnavailableError as exc:
+        print(f"optiinfra: error: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The Dagster resources: one ConfigurableResource per engine, configured with EnvVar in definitions.py.
+
+Each resource only chooses and opens an engine (embedded default, or the server named by a URL); the
+engines themselves live in the sibling modules and know nothing of Dagster.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import dagster as dg
+
+from resources.llm import LlmClient, configured_llm
+from resources.memory_store import MemoryStore, open_memory_store
+from resources.metric_store import MetricStore, open_metric_store
+from resources.sources import MetricSource, NvmlSource, PrometheusSource, SandboxSource, parse_targets
+from resources.state_store import StateStore, sqlite_url
+from resources.targets import SandboxTarget, Target
+
+
+@cache
+def _state_store(url: str) -> StateStore:
+    # One engine (and connection pool) per URL per process; migrations run once per process.
+    store = StateStore(url)
+    store.migrate()
+    return store
+
+
+@cache
+def _metric_store(url: str, home: str) -> MetricStore:
+    store = open_metric_store(url, Path(home))
+    store.migrate()
+    return store
+
+
+class StateStoreResource(dg.ConfigurableResource):
+    """Customers, fleet, recommendations, approvals, executions, audit log.
+    SQLite under ``home`` unless ``database_url`` names a PostgreSQL server."""
+
+    home: str
+    database_url: str = ""
+
+    def get(self) -> StateStore:
+        return _state_store(self.database_url or sqlite_url(Path(self.home).resolve() / "state.db"))
+
+
+class MetricStoreResource(dg.ConfigurableResource):
+    """Time-series metrics in ClickHouse SQL: chdb under ``home`` unless ``clickhouse_url`` is set."""
+
+    home: str
+    clickhouse_url: str = ""
+
+    def get(self) -> MetricStore:
+        return _metric_store(self.clickhouse_url, str(Path(self.home).resolve()))
+
+
+class MemoryStoreResource(dg.ConfigurableResource):
+    """Decision memory: Qdrant local mode under ``home`` unless ``qdrant_url`` is set."""
+
+    home: str
+    qdrant_url: str = ""
+
+    def get(self) -> MemoryStore:
+        return open_memory_store(self.qdrant_url, Path(self.home).resolve())
+
+
+class LlmResource(dg.ConfigurableResource):
+    """litellm when ``model`` is set; otherwise None and callers use their deterministic method."""
+
+    model: str = ""
+    timeout_s: int = 20
+
+    def get(self) -> LlmClient | None:
+        return configured_llm(self.model, self.timeout_s)
+
+
+class FleetResource(dg.ConfigurableResource):
+    """Where metrics come from (``source``), where approved changes are applied (``target``), and how."""
+
+    source: str = "sandbox"  # sandbox | prometheus | nvml
+    target: str = "sandbox"  # sandbox | aws (next issue)
+    seed: int = 42
+    prometheus_targets: str = ""  # instance_id=http://host:port/metrics,...
+    backfill_days: int = 7
+    backfill_step_s: int = 10
+    rollout_soak_s: int = 10  # seconds the executor watches each rollout stage
+    recommendation_ttl_h: int = 24  # hours a pending recommendation stays approvable
+
+    def metric_source(self, step_s: int = 1) -> MetricSource:
+        if self.source == "sandbox":
+            return SandboxSource(seed=self.seed, step_s=step_s)
+        if self.source == "prometheus":
+            return PrometheusSource(parse_targets(self.prometheus_targets))
+        if self.source == "nvml":
+            return NvmlSource(instance_id="local-gpu", customer_id="", deployment_id="")
+        raise ValueError(
+            f"OPTIINFRA_METRICS_SOURCE: unknown source {self.source!r} (sandbox | prometheus | nvml)"
+        )
+
+    def fleet_target(self, state: StateStore) -> Target:
+        if self.target == "sandbox":
+            return SandboxTarget(state, seed=self.seed)
+        raise ValueError(f"OPTIINFRA_TARGET: unknown target {self.target!r} (sandbox)")
