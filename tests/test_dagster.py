@@ -237,3 +237,21 @@ def test_definitions_load_the_way_make_run_does(tmp_path: Path) -> None:
         "recommendation_executor_job",
         "approve_recommendation_job",
     }
+
+
+@pytest.mark.parametrize("config", ["dagster.yaml", "deploy/dagster-postgres.yaml"])
+def test_instance_configs_are_valid(config: str, postgres_url: str) -> None:
+    """The instance files `make run` copies to DAGSTER_HOME load, run coordinator included."""
+    import os
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    overrides = yaml.safe_load((root / config).read_text())
+    os.environ["OPTIINFRA_DAGSTER_PG_URL"] = postgres_url.replace("postgresql+psycopg2://", "postgresql://")
+    try:
+        with dg.instance_for_test(overrides=overrides) as instance:
+            assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+            assert instance.run_monitoring_enabled
+    finally:
+        del os.environ["OPTIINFRA_DAGSTER_PG_URL"]
