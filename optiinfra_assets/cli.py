@@ -231,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreUnavailableError as exc:
         print(f"optiinfra: error: {exc}", file=sys.stderr)
         return 3
+    except BrokenPipeError:  # `optiinfra ... | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ PORT=$(pg_lsclusters -h | awk -v v="$VERSION" -v c="$CLUSTER" '$1==v && $2==c {p
 if ! pg_lsclusters -h | awk -v v="$VERSION" -v c="$CLUSTER" '$1==v && $2==c {print $4}' | grep -q online; then
   pg_ctlcluster "$VERSION" "$CLUSTER" start >&2
 fi
-as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi; }
+# From /: the postgres user may not be allowed into the current folder (a root-only CI clone).
+as_postgres() { if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else (cd / && sudo -u postgres "$@"); fi; }
 for _ in $(seq 1 30); do as_postgres psql -p "$PORT" -qtAc 'select 1' >/dev/null 2>&1 && break; sleep 1; done
 as_postgres psql -p "$PORT" -qtAc "ALTER USER postgres PASSWORD '$PGPASS'" >/dev/null
 if [ "$(as_postgres psql -p "$PORT" -qtAc "SELECT 1 FROM pg_database WHERE datname='$DB'")" != 1 ]; then

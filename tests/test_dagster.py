@@ -240,18 +240,16 @@ def test_definitions_load_the_way_make_run_does(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("config", ["dagster.yaml", "deploy/dagster-postgres.yaml"])
-def test_instance_configs_are_valid(config: str, postgres_url: str) -> None:
+def test_instance_configs_are_valid(
+    config: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The instance files `make run` copies to DAGSTER_HOME load, run coordinator included."""
-    import os
-
     import yaml
 
-    root = Path(__file__).resolve().parents[1]
-    overrides = yaml.safe_load((root / config).read_text())
-    os.environ["OPTIINFRA_DAGSTER_PG_URL"] = postgres_url.replace("postgresql+psycopg2://", "postgresql://")
-    try:
-        with dg.instance_for_test(overrides=overrides) as instance:
-            assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
-            assert instance.run_monitoring_enabled
-    finally:
-        del os.environ["OPTIINFRA_DAGSTER_PG_URL"]
+    if "postgres" in config:
+        url = request.getfixturevalue("postgres_url")
+        monkeypatch.setenv("OPTIINFRA_DAGSTER_PG_URL", url.replace("postgresql+psycopg2://", "postgresql://"))
+    overrides = yaml.safe_load((Path(__file__).resolve().parents[1] / config).read_text())
+    with dg.instance_for_test(overrides=overrides) as instance:
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert instance.run_monitoring_enabled

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
-from optiinfra_assets.agents.baselines import BASELINE_METRICS, compute_baselines
+from optiinfra_assets.agents.baselines import ALL_HOURS, BASELINE_METRICS, compute_baselines
 from optiinfra_assets.assets.metrics import RAW_METRIC_SPECS
 from optiinfra_assets.metrics import Domain
 from optiinfra_assets.reporting import md_table
@@ -16,6 +16,7 @@ LOOKBACK_DAYS = 7
 
 def _summary(rows: pl.DataFrame) -> str:
     """Per deployment and metric: the median over hours of week of the hourly medians, and coverage."""
+    rows = rows.filter(pl.col("hour_of_week") < ALL_HOURS)  # leave out the whole-week rows
     if rows.is_empty():
         return "_no data yet_"
     table = (
@@ -48,7 +49,9 @@ def _baseline_asset(domain: Domain) -> dg.AssetsDefinition:
             metadata={
                 "baseline_rows": rows.height,
                 "deployments": rows["deployment_id"].n_unique() if rows.height else 0,
-                "hours_of_week_covered": rows["hour_of_week"].n_unique() if rows.height else 0,
+                "hours_of_week_covered": rows.filter(pl.col("hour_of_week") < ALL_HOURS)[
+                    "hour_of_week"
+                ].n_unique(),
                 "summary": dg.MetadataValue.md(_summary(rows)),
             }
         )
