@@ -28,6 +28,7 @@ dagster-home:
 	 else cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml; fi
 
 run: venv dagster-home
+	@$(BIN)/optiinfra check
 	@echo "OptiInfra: Dagster UI on http://$(HOST):$(PORT) — state in $(OPTIINFRA_HOME)"
 	$(BIN)/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
 

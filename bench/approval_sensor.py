@@ -1,6 +1,6 @@
 """One tick of approval_sensor with 10,000 pending and 100 newly approved recommendations.
 
-Usage: .venv/bin/python bench/approval_sensor.py [--database-url URL]
+Usage: .venv/bin/python bench/approval_sensor.py [--database-url URL-OF-AN-EMPTY-DATABASE]
 Default: SQLite in a temporary folder. Last line: tick_s=T (target <= 1 s).
 """
 

@@ -16,14 +16,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from optiinfra_assets.config import ENV_VARS, Settings
-from optiinfra_assets.models import Execution, Fault, FaultKind, Recommendation, RecommendationStatus
+from optiinfra_assets.models import Execution, Fault, FaultKind, Recommendation, RecommendationStatus, Risk
 from optiinfra_assets.workflow import decide
 from resources.errors import StoreUnavailableError, mask_url
-from resources.state_store import RecommendationError, StateStore, sqlite_url
+from resources.state_store import RecommendationError, StateStore, state_store_url
 
 
 def _state(settings: Settings) -> StateStore:
-    store = StateStore(settings.database_url or sqlite_url(settings.home / "state.db"))
+    store = StateStore(state_store_url(settings.database_url, settings.home))
     store.migrate()
     return store
 
@@ -163,6 +163,47 @@ def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    """Open (and migrate) every store: `make run` calls this first, so an unreachable store is one
+    clear line naming its URL (password masked) instead of tracebacks from every sensor."""
+    from optiinfra_assets.workflow import open_services
+
+    services = open_services(settings)
+    services.memory.count()  # local mode opens its folder only on use
+    print(f"state store   {services.state.display_url} ({services.state.engine.dialect.name}): ok")
+    print(f"metric store  {services.metrics.display_url}: ok")
+    print(f"memory store  {services.memory.display_url}: ok")
+    print(f"llm           {settings.llm_model or 'none (deterministic method, labelled as such)'}")
+    print(f"target        {services.target.name}")
+    return 0
+
+
+def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
+    state = _state(settings)
+    if args.action == "set":
+        customer = state.get_customer(args.customer)
+        level = None if args.auto_approve_max_risk == "off" else Risk(args.auto_approve_max_risk)
+        state.upsert_customer(customer.model_copy(update={"auto_approve_max_risk": level}))
+        state.audit(args.by, "set_policy", "customer", customer.id, {"auto_approve_max_risk": level})
+        print(f"{customer.id}: auto-approval {'off' if level is None else f'for risk up to {level.value}'}")
+        return 0
+    rows = [
+        {
+            "customer": c.id,
+            "auto_approve_max_risk": c.auto_approve_max_risk or "off",
+            "allow_spot": c.allow_spot,
+            "slo_p95_latency_ms": c.slo_p95_latency_ms,
+            "min_monthly_savings_usd": c.min_monthly_savings_usd,
+        }
+        for c in state.list_customers()
+    ]
+    _print_table(
+        rows,
+        ["customer", "auto_approve_max_risk", "allow_spot", "slo_p95_latency_ms", "min_monthly_savings_usd"],
+    )
+    return 0
+
+
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     import os
 
@@ -214,6 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
     clear = actions.add_parser("clear", help="clear a deployment's faults")
     clear.add_argument("deployment")
     sandbox.set_defaults(func=cmd_sandbox)
+
+    policy = sub.add_parser("policy", help="customers' written auto-approval policies (off by default)")
+    policy_actions = policy.add_subparsers(dest="action", required=True)
+    policy_actions.add_parser("show", help="each customer's policy and preferences")
+    set_policy = policy_actions.add_parser(
+        "set", help="auto-approve changes of a customer up to a risk level"
+    )
+    set_policy.add_argument("customer")
+    set_policy.add_argument(
+        "--auto-approve-max-risk", required=True, choices=["off", *(r.value for r in Risk)]
+    )
+    set_policy.add_argument("--by", required=True, help="who writes the policy (recorded in the audit log)")
+    policy.set_defaults(func=cmd_policy)
+
+    check = sub.add_parser("check", help="open every store and say which engine answers")
+    check.set_defaults(func=cmd_check)
 
     config = sub.add_parser("config", help="the OPTIINFRA_* variables in effect (passwords masked)")
     config.set_defaults(func=cmd_config)

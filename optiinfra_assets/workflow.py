@@ -41,8 +41,8 @@ from optiinfra_assets.models import (
 from resources.llm import LlmClient, configured_llm
 from resources.memory_store import MemoryStore, open_memory_store
 from resources.metric_store import MetricStore, open_metric_store
-from resources.state_store import StateStore, sqlite_url
-from resources.targets import SandboxTarget, Target
+from resources.state_store import StateStore, state_store_url
+from resources.targets import Target, open_target
 
 DECISION_CHANNELS = ("cli", "ui", "policy")
 _RISK_ORDER = (Risk.LOW, Risk.MEDIUM, Risk.HIGH)
@@ -59,15 +59,9 @@ class Services:
     soak_s: float = 10.0
 
 
-def open_target(name: str, state: StateStore, seed: int) -> Target:
-    if name == "sandbox":
-        return SandboxTarget(state, seed)
-    raise ValueError(f"OPTIINFRA_TARGET: unknown target {name!r} (sandbox)")
-
-
 def open_services(settings: Settings) -> Services:
     """Every store from the settings, migrated, plus the target and the (optional) LLM."""
-    state = StateStore(settings.database_url or sqlite_url(settings.home / "state.db"))
+    state = StateStore(state_store_url(settings.database_url, settings.home))
     state.migrate()
     metrics = open_metric_store(settings.clickhouse_url, settings.home)
     metrics.migrate()

@@ -15,8 +15,8 @@ from resources.llm import LlmClient, configured_llm
 from resources.memory_store import MemoryStore, open_memory_store
 from resources.metric_store import MetricStore, open_metric_store
 from resources.sources import MetricSource, NvmlSource, PrometheusSource, SandboxSource, parse_targets
-from resources.state_store import StateStore, sqlite_url
-from resources.targets import SandboxTarget, Target
+from resources.state_store import StateStore, state_store_url
+from resources.targets import Target, open_target
 
 
 @cache
@@ -42,7 +42,7 @@ class StateStoreResource(dg.ConfigurableResource):
     database_url: str = ""
 
     def get(self) -> StateStore:
-        return _state_store(self.database_url or sqlite_url(Path(self.home).resolve() / "state.db"))
+        return _state_store(state_store_url(self.database_url, Path(self.home)))
 
 
 class MetricStoreResource(dg.ConfigurableResource):
@@ -99,6 +99,4 @@ class FleetResource(dg.ConfigurableResource):
         )
 
     def fleet_target(self, state: StateStore) -> Target:
-        if self.target == "sandbox":
-            return SandboxTarget(state, seed=self.seed)
-        raise ValueError(f"OPTIINFRA_TARGET: unknown target {self.target!r} (sandbox)")
+        return open_target(self.target, state, self.seed)

@@ -13,6 +13,7 @@ names only ever come from code.
 from __future__ import annotations
 
 import fcntl
+import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -484,6 +485,10 @@ class ClickHouseServerMetricStore(MetricStore):
         self.url = url
         self.display_url = mask_url(url)
         self.database = parts.path.strip("/") or "optiinfra"
+        driver_log = logging.getLogger("clickhouse_connect")
+        level = driver_log.level
+        # The driver logs its own line before raising; our error already says it once, URL masked.
+        driver_log.setLevel(logging.CRITICAL)
         try:
             # The database may not exist yet (migrate creates it), so connect to the default one; every
             # statement names its database. get_client queries the server: an unreachable one fails here.
@@ -497,6 +502,8 @@ class ClickHouseServerMetricStore(MetricStore):
             )
         except Exception as exc:
             raise StoreUnavailableError("metric store", url, exc) from exc
+        finally:
+            driver_log.setLevel(level)
 
     def session(self) -> AbstractContextManager[None]:
         return nullcontext()

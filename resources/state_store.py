@@ -235,6 +235,11 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+def state_store_url(url: str, home: Path) -> str:
+    """The configured URL, or SQLite at home/state.db when it is empty (the embedded default)."""
+    return url or sqlite_url(Path(home).resolve() / "state.db")
+
+
 class StateStore:
     """The relational store. ``url`` is a SQLAlchemy URL: ``sqlite:///path`` or ``postgresql+psycopg2://...``."""
 

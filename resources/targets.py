@@ -183,3 +183,10 @@ def interrupt_spot_instance(state: StateStore, deployment_id: str, at: datetime)
     state.end_instance(victim.id, InstanceState.INTERRUPTED, at)
     state.audit("sandbox", "spot_interruption", "instance", victim.id, {"deployment_id": deployment_id})
     return victim.id
+
+
+def open_target(name: str, state: StateStore, seed: int) -> Target:
+    """The target named by OPTIINFRA_TARGET."""
+    if name == "sandbox":
+        return SandboxTarget(state, seed)
+    raise ValueError(f"OPTIINFRA_TARGET: unknown target {name!r} (sandbox)")
