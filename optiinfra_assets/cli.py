@@ -17,7 +17,7 @@ from typing import Any
 
 from optiinfra_assets.config import ENV_VARS, Settings
 from optiinfra_assets.models import Execution, Fault, FaultKind, Recommendation, RecommendationStatus, Risk
-from optiinfra_assets.workflow import decide
+from optiinfra_assets.workflow import decide, fleet_summary
 from resources.errors import StoreUnavailableError, mask_url
 from resources.state_store import RecommendationError, StateStore, state_store_url
 
@@ -119,21 +119,7 @@ def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
     state = _state(settings)
     now = datetime.now(UTC)
     if args.action == "status":
-        instances = state.list_instances()
-        rows = [
-            {
-                "deployment": d.id,
-                "customer": d.customer_id,
-                "model": d.model,
-                "instance_type": d.instance_type,
-                "on_demand": sum(
-                    1 for i in instances if i.deployment_id == d.id and i.lifecycle == "on_demand"
-                ),
-                "spot": sum(1 for i in instances if i.deployment_id == d.id and i.lifecycle == "spot"),
-                "faults": ", ".join(f.kind.value for f in state.list_faults(d.id)),
-            }
-            for d in state.list_deployments()
-        ]
+        rows = fleet_summary(state)
         _print_table(
             rows, ["deployment", "customer", "model", "instance_type", "on_demand", "spot", "faults"]
         )

@@ -34,6 +34,7 @@ from optiinfra_assets.models import (
     Customer,
     Decision,
     Deployment,
+    Lifecycle,
     Recommendation,
     RecommendationStatus,
     Risk,
@@ -74,6 +75,27 @@ def open_services(settings: Settings) -> Services:
         recommendation_ttl=timedelta(hours=settings.recommendation_ttl_h),
         soak_s=settings.rollout_soak_s,
     )
+
+
+def fleet_summary(state: StateStore) -> list[dict[str, Any]]:
+    """One row per deployment: what it serves, where, and how many replicas run on each lifecycle."""
+    running = state.list_instances()
+    faults = state.list_faults()
+    return [
+        {
+            "deployment": d.id,
+            "customer": d.customer_id,
+            "model": d.model,
+            "instance_type": d.instance_type,
+            "replicas": d.replicas,
+            "on_demand": sum(
+                1 for i in running if i.deployment_id == d.id and i.lifecycle is Lifecycle.ON_DEMAND
+            ),
+            "spot": sum(1 for i in running if i.deployment_id == d.id and i.lifecycle is Lifecycle.SPOT),
+            "faults": ", ".join(f.kind.value for f in faults if f.deployment_id == d.id),
+        }
+        for d in state.list_deployments()
+    ]
 
 
 def ensure_sandbox_fleet(state: StateStore, seed: int, now: datetime) -> bool:

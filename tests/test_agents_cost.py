@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from factories import deployment
 
 from optiinfra_assets.agents.baselines import BaselineStat
 from optiinfra_assets.agents.cost import (
@@ -37,17 +38,6 @@ def customer(**overrides: object) -> Customer:
         "min_monthly_savings_usd": 100.0,
     }
     return Customer.model_validate(fields | overrides)
-
-
-def deployment(itype: str = "p4de.24xlarge", model: str = "Llama-3.1-70B", replicas: int = 4) -> Deployment:
-    return Deployment(
-        id="dep-1",
-        customer_id="cust-a",
-        model=model,
-        instance_type=itype,
-        replicas=replicas,
-        base_requests_per_s=5.0,
-    )
 
 
 def instances(dep: Deployment, lifecycles: list[Lifecycle]) -> list[Instance]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from factories import deployment
 
 from optiinfra_assets.agents import application, performance, resource
 from optiinfra_assets.agents.baselines import BaselineStat
@@ -14,17 +15,6 @@ from optiinfra_assets.models import Customer, Deployment
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 P95_BASELINE = BaselineStat(median=9000.0, mad=300.0, p05=8200.0, p95=10500.0, n=5000)
 CUSTOMER = Customer(id="cust-a", name="Acme", slo_p95_latency_ms=20000.0, min_monthly_savings_usd=100.0)
-
-
-def deployment(itype: str = "p4de.24xlarge", model: str = "Llama-3.1-70B", replicas: int = 4) -> Deployment:
-    return Deployment(
-        id="dep-1",
-        customer_id="cust-a",
-        model=model,
-        instance_type=itype,
-        replicas=replicas,
-        base_requests_per_s=5.0,
-    )
 
 
 def analysis_for(dep: Deployment) -> SpotAnalysis:

@@ -7,7 +7,7 @@ import dagster as dg
 from optiinfra_assets.collection import collect_metrics
 from optiinfra_assets.metrics import SCHEMAS, Domain
 from optiinfra_assets.reporting import md_table
-from optiinfra_assets.workflow import ensure_sandbox_fleet
+from optiinfra_assets.workflow import ensure_sandbox_fleet, fleet_summary
 from resources.dagster_resources import FleetResource, MetricStoreResource, StateStoreResource
 
 GROUP = "metrics"
@@ -24,24 +24,12 @@ def fleet_inventory(
     state = state_store.get()
     if fleet.source == "sandbox" and ensure_sandbox_fleet(state, fleet.seed, datetime.now(UTC)):
         context.log.info("seeded the sandbox fleet (seed %s)", fleet.seed)
-    instances = state.list_instances()
-    rows = [
-        {
-            "deployment": d.id,
-            "customer": d.customer_id,
-            "model": d.model,
-            "instance_type": d.instance_type,
-            "replicas": d.replicas,
-            "on_demand": sum(1 for i in instances if i.deployment_id == d.id and i.lifecycle == "on_demand"),
-            "spot": sum(1 for i in instances if i.deployment_id == d.id and i.lifecycle == "spot"),
-        }
-        for d in state.list_deployments()
-    ]
+    rows = fleet_summary(state)
     return dg.MaterializeResult(
         metadata={
             "customers": len(state.list_customers()),
             "deployments": len(rows),
-            "running_instances": len(instances),
+            "running_instances": sum(r["on_demand"] + r["spot"] for r in rows),
             "spot_instances": sum(r["spot"] for r in rows),
             "fleet": dg.MetadataValue.md(md_table(rows)),
         }
