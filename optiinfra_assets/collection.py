@@ -80,9 +80,13 @@ def collect_metrics(
     """Fetch every planned window from the source, ingest it, and advance the watermark after each
     window (so an interrupted backfill resumes where it stopped)."""
     report = CollectionReport()
-    windows = plan_windows(
-        state.get_watermark(WATERMARK_KEY), now, backfill_days=backfill_days, backfill_step_s=backfill_step_s
-    )
+    collected_until = state.get_watermark(WATERMARK_KEY)
+    if source_for_step(LIVE_STEP_S).replays_history:
+        windows = plan_windows(
+            collected_until, now, backfill_days=backfill_days, backfill_step_s=backfill_step_s
+        )
+    else:  # a scraper reads the present: one window, whatever the gap
+        windows = [Window(collected_until or now - timedelta(seconds=LIVE_STEP_S), now, LIVE_STEP_S)]
     report.windows = windows
     for n, window in enumerate(windows, start=1):
         snapshot = FleetSnapshot(

@@ -46,6 +46,9 @@ class SourceBatch:
 
 class MetricSource(Protocol):
     name: str
+    # True: collect() can produce any past window (the sandbox replays its history). False: it reads
+    # the present (a scrape, an NVML read), so each collection is one window ending now.
+    replays_history: bool
 
     def collect(self, fleet: FleetSnapshot, start: datetime, end: datetime) -> SourceBatch: ...
 
@@ -73,6 +76,7 @@ class SandboxSource:
     """The deterministic sandbox fleet (optiinfra_assets.sandbox.generate)."""
 
     name = "sandbox"
+    replays_history = True
 
     def __init__(self, seed: int, step_s: int = 1) -> None:
         self.seed = seed
@@ -264,6 +268,7 @@ class PrometheusSource:
     """Scrapes vLLM or TGI /metrics; from the second scrape of a target on, one performance row each."""
 
     name = "prometheus"
+    replays_history = False
 
     def __init__(self, targets: dict[str, str], timeout_s: float = 5.0) -> None:
         self.targets = dict(targets)  # instance_id -> http://host:port/metrics
@@ -318,6 +323,7 @@ class NvmlSource:
     """This machine's NVIDIA GPUs through NVML, as one resource row for the instance it is."""
 
     name = "nvml"
+    replays_history = False
 
     def __init__(self, instance_id: str, customer_id: str, deployment_id: str) -> None:
         self.instance_id = instance_id
