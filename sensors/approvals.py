@@ -11,6 +11,9 @@ from resources.dagster_resources import StateStoreResource
 
 APPROVALS_PER_TICK = 1000
 MAX_RESUMES = 2  # a rollout whose executor died this many times is left for a person, with a record
+# Run monitoring fails an executor run that outlives this; the default run launcher cannot see a
+# killed run worker, so this bound is what turns a silent death into a failure (and a resume).
+EXECUTOR_TAGS = {"dagster/max_runtime": str(30 * 60)}
 
 
 @dg.sensor(
@@ -33,6 +36,7 @@ def approval_sensor(context: dg.SensorEvaluationContext, state_store: StateStore
                 partition_key=a.recommendation_id,
                 run_key=f"execute-{a.recommendation_id}-approval-{a.id}",
                 tags={
+                    **EXECUTOR_TAGS,
                     "optiinfra/approved_by": a.by,
                     "optiinfra/approval_id": str(a.id),
                     "optiinfra/via": a.via,
@@ -77,7 +81,7 @@ def execution_failure_sensor(
         yield dg.RunRequest(
             partition_key=rec_id,
             run_key=f"resume-{rec_id}-{run.run_id}",
-            tags={"optiinfra/resume": str(resumes + 1)},
+            tags={**EXECUTOR_TAGS, "optiinfra/resume": str(resumes + 1)},
         )
         return
     execution.status = ExecutionStatus.FAILED

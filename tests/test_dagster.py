@@ -120,7 +120,8 @@ def test_graph_recommends_executes_and_rolls_back(resources: dict[str, object]) 
         # Decide in the UI job; the sensor launches exactly one run for the decision.
         _approve(instance, resources, first.id)
         launched = _launch(instance, resources, cursor=None)
-        assert [r.partition_key for r in launched.run_requests or []] == [first.id]
+        [request] = launched.run_requests or []
+        assert request.partition_key == first.id and request.tags["dagster/max_runtime"] == "1800"
         assert _launch(instance, resources, cursor=launched.cursor).run_requests == []
 
         executed = dg.materialize(
