@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from optiinfra_assets.ingest import ingest
 from optiinfra_assets.metrics import SCHEMAS, TS, Domain
-from resources.metric_store import ChdbMetricStore
+from resources.metric_store import INSERT_SETTINGS_SQL, ChdbMetricStore
 
 INSTANCES = 1_000
 SECONDS = 3_600
@@ -117,7 +117,11 @@ def raw_insert(store: ChdbMetricStore, table: str, frame: pl.DataFrame) -> float
     t = frame.to_arrow()  # noqa: F841 - chdb's Python(t) reads it by name from this frame
     with store._open() as session:
         started = time.perf_counter()
-        session.query(f"INSERT INTO {store.database}.{table} SELECT * FROM Python(t)", "CSV")
+        # The engine settings the store uses too: the ratio then prices validation, not a setting.
+        session.query(
+            f"INSERT INTO {store.database}.{table} SELECT * FROM Python(t) SETTINGS {INSERT_SETTINGS_SQL}",
+            "CSV",
+        )
         return time.perf_counter() - started
 
 
