@@ -29,7 +29,6 @@ from optiinfra_assets.agents.risk import assess_risk
 from optiinfra_assets.agents.rollout import RolloutContext
 from optiinfra_assets.config import Settings
 from optiinfra_assets.models import (
-    OPEN_STATUSES,
     Approval,
     Customer,
     Decision,
@@ -138,14 +137,6 @@ def peak_requests_per_s(metrics: MetricStore, deployment_id: str, replicas: int)
     return 0.0 if stat is None else stat.p95 * replicas
 
 
-def _open_recommendation(state: StateStore, kind: str, deployment_id: str) -> Recommendation | None:
-    for status in OPEN_STATUSES:
-        for rec in state.list_recommendations(status=status, kind=kind):
-            if rec.deployment_id == deployment_id:
-                return rec
-    return None
-
-
 def _validate(svc: Services, customer: Customer, deployment: Deployment, analysis: SpotAnalysis) -> list:
     """The other agents' verdicts on moving this deployment to spot."""
     peak = peak_requests_per_s(svc.metrics, deployment.id, analysis.replicas)
@@ -213,7 +204,7 @@ def propose_spot_migrations(svc: Services, now: datetime) -> SpotMigrationReport
         if customer is None:
             report.skipped[deployment.id] = f"unknown customer '{deployment.customer_id}'"
             continue
-        existing = _open_recommendation(state, SPOT_KIND, deployment.id)
+        existing = state.open_recommendation(SPOT_KIND, deployment.id)
         if existing is not None:
             report.skipped[deployment.id] = f"already open: {existing.id} ({existing.status.value})"
             continue

@@ -484,6 +484,13 @@ class StateStore:
             raise UnknownRecommendationError(f"unknown recommendation '{rec_id}'")
         return self._rec_from_row(row)
 
+    def open_recommendation(self, kind: str, deployment_id: str) -> Recommendation | None:
+        """The pending, approved or executing recommendation of this kind for the deployment, if any."""
+        query = sa.select(recommendations).where(recommendations.c.open_key == f"{kind}:{deployment_id}")
+        with self._begin() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else self._rec_from_row(row)
+
     def list_recommendations(
         self, status: str | None = None, kind: str | None = None, limit: int | None = None
     ) -> list[Recommendation]:
@@ -738,6 +745,15 @@ class StateStore:
             )
             if exists is None:
                 conn.execute(outcomes.insert().values(**outcome.model_dump(mode="python")))
+
+    def get_outcome(self, rec_id: str) -> Outcome | None:
+        with self._begin() as conn:
+            row = (
+                conn.execute(sa.select(outcomes).where(outcomes.c.recommendation_id == rec_id))
+                .mappings()
+                .first()
+            )
+        return None if row is None else Outcome.model_validate({**row, "at": _utc(row["at"])})
 
     def list_outcomes(self, kind: str | None = None) -> list[Outcome]:
         query = sa.select(outcomes).order_by(outcomes.c.at)

@@ -101,6 +101,8 @@ def test_one_open_recommendation_per_kind_and_deployment(state: StateStore) -> N
     _seed(state)
     assert state.add_recommendation(_rec("rec-1"))
     assert not state.add_recommendation(_rec("rec-2"))
+    open_rec = state.open_recommendation("spot_migration", "acme-chat")
+    assert open_rec is not None and open_rec.id == "rec-1"
     state.decide("rec-1", Decision.REJECT, "alice", "not now", via="cli", now=NOW)
     assert state.add_recommendation(_rec("rec-3")), "a rejected recommendation no longer blocks a new one"
 

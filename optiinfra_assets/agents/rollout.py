@@ -409,9 +409,9 @@ def _ensure_outcome(ctx: RolloutContext, rec: Recommendation, execution: Executi
     """
     if execution.status not in (ExecutionStatus.SUCCEEDED, ExecutionStatus.ROLLED_BACK):
         return
-    stored = [o for o in ctx.state.list_outcomes(rec.kind) if o.recommendation_id == rec.id]
-    if stored:
-        ctx.memory.remember(stored[0])
+    stored = ctx.state.get_outcome(rec.id)
+    if stored is not None:
+        ctx.memory.remember(stored)
         return
     outcome = build_outcome(ctx, rec, execution)
     ctx.state.add_outcome(outcome)
