@@ -51,6 +51,7 @@ format: venv
 bench: venv
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/approval_sensor.py
+	$(BIN)/python bench/sandbox_generate.py
 
 clean:
 	rm -rf $(OPTIINFRA_HOME)

@@ -196,10 +196,8 @@ def test_conservation_on_random_malformed_batches(store: ChdbMetricStore) -> Non
     assert total > 0
 
 
-def test_validation_is_vectorized_enough() -> None:
-    """200k rows validate well under a second (the bench holds the real target)."""
-    import time
-
+def test_a_large_clean_batch_passes_whole() -> None:
+    """200k clean rows of one instance: all accepted (speed is bench/ingest.py's business)."""
     n = 200_000
     frame = pl.DataFrame(
         {
@@ -210,7 +208,5 @@ def test_validation_is_vectorized_enough() -> None:
             **{m.name: np.full(n, 0.5) for m in SCHEMAS[Domain.RESOURCE].measures},
         }
     )
-    started = time.perf_counter()
     good, bad = validate_batch(Domain.RESOURCE, frame, FLEET, {})
-    assert time.perf_counter() - started < 2.0
     assert good.height == n and bad.is_empty()

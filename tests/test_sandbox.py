@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
@@ -160,9 +159,8 @@ def test_quality_degradation_hits_only_its_scope(fleet) -> None:
     assert obs["spot_replicas"] == 1.0
 
 
-def test_a_week_at_ten_seconds_is_fast(fleet) -> None:
-    started = time.perf_counter()
+def test_a_week_at_ten_seconds_has_a_row_per_instance_and_step(fleet) -> None:
+    """The backfill's shape (its speed is measured by bench/sandbox_generate.py)."""
     frames = generate(*fleet, [], NOW - timedelta(days=7), NOW, seed=SEED, step_s=10)
-    elapsed = time.perf_counter() - started
     assert frames[Domain.PERFORMANCE].height == 7 * 8640 * len(fleet[2])
-    assert elapsed < 10.0
+    assert frames[Domain.RESOURCE].height == 7 * 8640 * len(fleet[2])
