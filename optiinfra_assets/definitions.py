@@ -20,6 +20,7 @@ from resources.dagster_resources import (
     MemoryStoreResource,
     MetricStoreResource,
     StateStoreResource,
+    WorkflowResource,
 )
 from sensors.approvals import approval_sensor, execution_failure_sensor
 from sensors.refresh import analysis_refresh_schedule, analysis_refresh_sensor, metrics_refresh_sensor
@@ -29,6 +30,18 @@ from sensors.refresh import analysis_refresh_schedule, analysis_refresh_sensor, 
 apply_env_defaults()
 
 HOME = dg.EnvVar("OPTIINFRA_HOME")
+STATE_STORE = StateStoreResource(home=HOME, database_url=dg.EnvVar("OPTIINFRA_DATABASE_URL"))
+METRIC_STORE = MetricStoreResource(home=HOME, clickhouse_url=dg.EnvVar("OPTIINFRA_CLICKHOUSE_URL"))
+FLEET = FleetResource(
+    source=dg.EnvVar("OPTIINFRA_METRICS_SOURCE"),
+    target=dg.EnvVar("OPTIINFRA_TARGET"),
+    seed=dg.EnvVar.int("OPTIINFRA_SEED"),
+    prometheus_targets=dg.EnvVar("OPTIINFRA_PROMETHEUS_TARGETS"),
+    backfill_days=dg.EnvVar.int("OPTIINFRA_BACKFILL_DAYS"),
+    backfill_step_s=dg.EnvVar.int("OPTIINFRA_BACKFILL_STEP_S"),
+    rollout_soak_s=dg.EnvVar.int("OPTIINFRA_ROLLOUT_SOAK_S"),
+    recommendation_ttl_h=dg.EnvVar.int("OPTIINFRA_RECOMMENDATION_TTL_H"),
+)
 
 defs = dg.Definitions(
     assets=[
@@ -47,21 +60,18 @@ defs = dg.Definitions(
     # for work that takes well under a second, and the embedded engines serialize access anyway.
     executor=dg.in_process_executor,
     resources={
-        "state_store": StateStoreResource(home=HOME, database_url=dg.EnvVar("OPTIINFRA_DATABASE_URL")),
-        "metric_store": MetricStoreResource(home=HOME, clickhouse_url=dg.EnvVar("OPTIINFRA_CLICKHOUSE_URL")),
-        "memory_store": MemoryStoreResource(home=HOME, qdrant_url=dg.EnvVar("OPTIINFRA_QDRANT_URL")),
-        "llm": LlmResource(
-            model=dg.EnvVar("OPTIINFRA_LLM_MODEL"), timeout_s=dg.EnvVar.int("OPTIINFRA_LLM_TIMEOUT_S")
-        ),
-        "fleet": FleetResource(
-            source=dg.EnvVar("OPTIINFRA_METRICS_SOURCE"),
-            target=dg.EnvVar("OPTIINFRA_TARGET"),
-            seed=dg.EnvVar.int("OPTIINFRA_SEED"),
-            prometheus_targets=dg.EnvVar("OPTIINFRA_PROMETHEUS_TARGETS"),
-            backfill_days=dg.EnvVar.int("OPTIINFRA_BACKFILL_DAYS"),
-            backfill_step_s=dg.EnvVar.int("OPTIINFRA_BACKFILL_STEP_S"),
-            rollout_soak_s=dg.EnvVar.int("OPTIINFRA_ROLLOUT_SOAK_S"),
-            recommendation_ttl_h=dg.EnvVar.int("OPTIINFRA_RECOMMENDATION_TTL_H"),
+        "state_store": STATE_STORE,
+        "metric_store": METRIC_STORE,
+        "fleet": FLEET,
+        # The workflow's assets take one resource holding the engines above plus memory and the LLM.
+        "workflow": WorkflowResource(
+            state_store=STATE_STORE,
+            metric_store=METRIC_STORE,
+            memory_store=MemoryStoreResource(home=HOME, qdrant_url=dg.EnvVar("OPTIINFRA_QDRANT_URL")),
+            llm=LlmResource(
+                model=dg.EnvVar("OPTIINFRA_LLM_MODEL"), timeout_s=dg.EnvVar.int("OPTIINFRA_LLM_TIMEOUT_S")
+            ),
+            fleet=FLEET,
         ),
     },
 )

@@ -6,11 +6,13 @@ engines themselves live in the sibling modules and know nothing of Dagster.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 
 import dagster as dg
 
+from optiinfra_assets.workflow import Services
 from resources.llm import LlmClient, configured_llm
 from resources.memory_store import MemoryStore, open_memory_store
 from resources.metric_store import MetricStore, open_metric_store
@@ -100,3 +102,26 @@ class FleetResource(dg.ConfigurableResource):
 
     def fleet_target(self, state: StateStore) -> Target:
         return open_target(self.target, state, self.seed)
+
+
+class WorkflowResource(dg.ConfigurableResource):
+    """Everything the recommendation workflow needs, assembled from the engine resources above (the
+    assets that propose and execute changes take this one resource)."""
+
+    state_store: StateStoreResource
+    metric_store: MetricStoreResource
+    memory_store: MemoryStoreResource
+    llm: LlmResource
+    fleet: FleetResource
+
+    def services(self) -> Services:
+        state = self.state_store.get()
+        return Services(
+            state=state,
+            metrics=self.metric_store.get(),
+            memory=self.memory_store.get(),
+            target=self.fleet.fleet_target(state),
+            llm=self.llm.get(),
+            recommendation_ttl=timedelta(hours=self.fleet.recommendation_ttl_h),
+            soak_s=self.fleet.rollout_soak_s,
+        )

@@ -31,6 +31,7 @@ from resources.dagster_resources import (
     MemoryStoreResource,
     MetricStoreResource,
     StateStoreResource,
+    WorkflowResource,
 )
 from sensors.approvals import approval_sensor, execution_failure_sensor
 from sensors.refresh import analysis_refresh_sensor, metrics_refresh_sensor
@@ -41,13 +42,21 @@ ANALYSIS = [*BASELINE_ASSETS.values(), agent_registry, spot_migration_recommenda
 @pytest.fixture
 def resources(tmp_path: Path, state_url: str) -> dict[str, object]:
     home = str(tmp_path / "home")
+    state_store = StateStoreResource(home=home, database_url=state_url)
+    metric_store = MetricStoreResource(home=home)
+    # Two days of history at a 2-minute step keep the test quick; the physics are the same.
+    fleet = FleetResource(seed=7, backfill_days=2, backfill_step_s=120, rollout_soak_s=0)
     return {
-        "state_store": StateStoreResource(home=home, database_url=state_url),
-        "metric_store": MetricStoreResource(home=home),
-        "memory_store": MemoryStoreResource(home=home),
-        "llm": LlmResource(),
-        # Two days of history at a 2-minute step keep the test quick; the physics are the same.
-        "fleet": FleetResource(seed=7, backfill_days=2, backfill_step_s=120, rollout_soak_s=0),
+        "state_store": state_store,
+        "metric_store": metric_store,
+        "fleet": fleet,
+        "workflow": WorkflowResource(
+            state_store=state_store,
+            metric_store=metric_store,
+            memory_store=MemoryStoreResource(home=home),
+            llm=LlmResource(),
+            fleet=fleet,
+        ),
     }
 
 

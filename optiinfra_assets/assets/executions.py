@@ -3,33 +3,19 @@
 import dagster as dg
 
 from optiinfra_assets.agents.rollout import NotApprovedError, execute
-from optiinfra_assets.assets.services import build_services
 from optiinfra_assets.models import ExecutionStatus
 from optiinfra_assets.partitions import recommendation_partitions
 from optiinfra_assets.reporting import md_table
 from optiinfra_assets.workflow import rollout_context
-from resources.dagster_resources import (
-    FleetResource,
-    LlmResource,
-    MemoryStoreResource,
-    MetricStoreResource,
-    StateStoreResource,
-)
+from resources.dagster_resources import WorkflowResource
 
 
 @dg.asset(group_name="executions", partitions_def=recommendation_partitions, kinds={"python"})
-def change_executions(
-    context: dg.AssetExecutionContext,
-    state_store: StateStoreResource,
-    metric_store: MetricStoreResource,
-    memory_store: MemoryStoreResource,
-    llm: LlmResource,
-    fleet: FleetResource,
-) -> dg.MaterializeResult:
+def change_executions(context: dg.AssetExecutionContext, workflow: WorkflowResource) -> dg.MaterializeResult:
     """Applies an approved recommendation 10% → 50% → 100%, checking quality and SLO between stages;
     rolls back by itself when a check fails. Re-checks the approval first and refuses otherwise."""
     rec_id = context.partition_key
-    services = build_services(state_store, metric_store, memory_store, llm, fleet)
+    services = workflow.services()
     try:
         execution = execute(rollout_context(services, rec_id, log=context.log.info), rec_id, context.run_id)
     except NotApprovedError as exc:

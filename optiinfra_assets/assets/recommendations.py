@@ -6,18 +6,11 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from optiinfra_assets.assets.baselines import BASELINE_ASSETS
-from optiinfra_assets.assets.services import build_services
 from optiinfra_assets.models import Recommendation, RecommendationStatus
 from optiinfra_assets.partitions import recommendation_partitions
 from optiinfra_assets.reporting import md_table
 from optiinfra_assets.workflow import propose_spot_migrations
-from resources.dagster_resources import (
-    FleetResource,
-    LlmResource,
-    MemoryStoreResource,
-    MetricStoreResource,
-    StateStoreResource,
-)
+from resources.dagster_resources import WorkflowResource
 
 
 def recommendation_row(rec: Recommendation) -> dict[str, object]:
@@ -43,15 +36,10 @@ def recommendation_row(rec: Recommendation) -> dict[str, object]:
     kinds={"python"},
 )
 def spot_migration_recommendations(
-    context: dg.AssetExecutionContext,
-    state_store: StateStoreResource,
-    metric_store: MetricStoreResource,
-    memory_store: MemoryStoreResource,
-    llm: LlmResource,
-    fleet: FleetResource,
+    context: dg.AssetExecutionContext, workflow: WorkflowResource
 ) -> dg.MaterializeResult:
     """Spot-migration recommendations for every on-demand deployment worth moving."""
-    services = build_services(state_store, metric_store, memory_store, llm, fleet)
+    services = workflow.services()
     report = propose_spot_migrations(services, datetime.now(UTC))
     created_ids = [rec.id for rec in report.created]
     if created_ids:
