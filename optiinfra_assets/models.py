@@ -86,8 +86,15 @@ class RecommendationStatus(StrEnum):
     FAILED = "failed"
 
 
+# Open: at most one per kind and deployment. A blocked recommendation counts, so that each analysis
+# refreshes it in place rather than piling up a new blocked copy every run.
 OPEN_STATUSES = frozenset(
-    {RecommendationStatus.PENDING, RecommendationStatus.APPROVED, RecommendationStatus.EXECUTING}
+    {
+        RecommendationStatus.PENDING,
+        RecommendationStatus.BLOCKED,
+        RecommendationStatus.APPROVED,
+        RecommendationStatus.EXECUTING,
+    }
 )
 
 

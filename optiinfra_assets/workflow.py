@@ -205,11 +205,16 @@ def propose_spot_migrations(svc: Services, now: datetime) -> SpotMigrationReport
             report.skipped[deployment.id] = f"unknown customer '{deployment.customer_id}'"
             continue
         existing = state.open_recommendation(SPOT_KIND, deployment.id)
-        if existing is not None:
+        if existing is not None and existing.status is not RecommendationStatus.BLOCKED:
             report.skipped[deployment.id] = f"already open: {existing.id} ({existing.status.value})"
             continue
         analysis, rec = _spot_candidate(svc, customer, deployment, now)
         report.analyses.append(analysis.model_dump(mode="json"))
+        if existing is not None and rec is not None and rec.status is RecommendationStatus.BLOCKED:
+            _refresh_blocked(state, existing, rec, report)
+            continue
+        if existing is not None:  # it was blocked; now approvable or no longer eligible: close it
+            _withdraw_blocked(state, existing, rec)
         if rec is None:
             report.skipped[deployment.id] = "not eligible: " + "; ".join(analysis.reasons)
         else:
@@ -220,6 +225,25 @@ def propose_spot_migrations(svc: Services, now: datetime) -> SpotMigrationReport
     for rec in kept:
         _store(state, customers.get(rec.customer_id), rec, now, report)
     return report
+
+
+def _refresh_blocked(
+    state: StateStore, existing: Recommendation, rec: Recommendation, report: SpotMigrationReport
+) -> None:
+    """Still blocked: update the open blocked recommendation in place (same id) with today's figures."""
+    state.update_recommendation(rec.model_copy(update={"id": existing.id, "created_at": existing.created_at}))
+    failed = ", ".join(v.agent for v in rec.validations if not v.passed)
+    report.skipped[rec.deployment_id] = f"still blocked by {failed}: {existing.id} re-validated"
+
+
+def _withdraw_blocked(state: StateStore, existing: Recommendation, rec: Recommendation | None) -> None:
+    """Close a blocked recommendation whose deployment is now approvable (a new one replaces it) or no
+    longer eligible."""
+    state.set_recommendation_status(
+        existing.id, RecommendationStatus.EXPIRED, expected=[RecommendationStatus.BLOCKED]
+    )
+    why = f"superseded by {rec.id}" if rec is not None else "no longer eligible"
+    state.audit("agent:" + existing.kind, "withdraw", "recommendation", existing.id, {"reason": why})
 
 
 def _store(

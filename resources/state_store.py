@@ -510,23 +510,20 @@ class StateStore:
             return {status: n for status, n in conn.execute(query)}
 
     def expire_recommendations(self, now: datetime) -> list[str]:
-        """Mark pending recommendations past their expiry as expired; returns their ids."""
+        """Mark pending (and blocked) recommendations past their expiry as expired; returns their ids."""
+        undecided = [RecommendationStatus.PENDING, RecommendationStatus.BLOCKED]
         with self._begin() as conn:
             expired = list(
                 conn.scalars(
                     sa.select(recommendations.c.id).where(
-                        recommendations.c.status == RecommendationStatus.PENDING,
-                        recommendations.c.expires_at < now,
+                        recommendations.c.status.in_(undecided), recommendations.c.expires_at < now
                     )
                 )
             )
             if expired:
                 conn.execute(
                     recommendations.update()
-                    .where(
-                        recommendations.c.id.in_(expired),
-                        recommendations.c.status == RecommendationStatus.PENDING,
-                    )
+                    .where(recommendations.c.id.in_(expired), recommendations.c.status.in_(undecided))
                     .values(status=RecommendationStatus.EXPIRED, open_key=None)
                 )
                 for rec_id in expired:

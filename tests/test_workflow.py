@@ -215,3 +215,32 @@ def test_open_services_builds_every_store(tmp_path: Path) -> None:
         svc.state.dispose()
     with pytest.raises(ValueError, match="unknown target 'aws'"):
         open_services(Settings(home=tmp_path, target="aws"))
+
+
+def test_blocked_recommendations_are_refreshed_not_piled_up(svc: Services, clock: Clock) -> None:
+    first = propose_spot_migrations(svc, NOW)
+    blocked = {r.deployment_id: r.id for r in first.created if r.status is RecommendationStatus.BLOCKED}
+    assert blocked, "the sandbox has deployments the other agents block"
+    again = propose_spot_migrations(svc, NOW + timedelta(minutes=15))
+    assert not [r for r in again.created if r.deployment_id in blocked]
+    for deployment_id, rec_id in blocked.items():
+        assert (
+            again.skipped[deployment_id].startswith("still blocked")
+            and rec_id in again.skipped[deployment_id]
+        )
+    stored = svc.state.list_recommendations(status="blocked")
+    assert sorted(r.id for r in stored) == sorted(blocked.values())
+
+    # Once the blocking agent is satisfied, the blocked one is withdrawn and a pending one replaces it.
+    # acme-chat-70b is blocked by the performance agent alone (losing 1 of 2 replicas breaks the SLO).
+    old_id = blocked["acme-chat-70b"]
+    assert [v.agent for v in svc.state.get_recommendation(old_id).validations if not v.passed] == [
+        "performance"
+    ]
+    customer = svc.state.get_customer("acme")
+    svc.state.upsert_customer(customer.model_copy(update={"slo_p95_latency_ms": 10_000_000.0}))
+    third = propose_spot_migrations(svc, NOW + timedelta(minutes=30))
+    [replacement] = [r for r in third.created if r.deployment_id == "acme-chat-70b"]
+    assert replacement.status is RecommendationStatus.PENDING and replacement.id != old_id
+    assert svc.state.get_recommendation(old_id).status is RecommendationStatus.EXPIRED
+    assert any(e.action == "withdraw" for e in svc.state.list_audit(old_id))
