@@ -35,6 +35,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "",
         "Comma list of instance_id=http://host:port/metrics for the scraper.",
     ),
+    "OPTIINFRA_NVML_INSTANCE_ID": (
+        "",
+        "Fleet instance id of this machine's GPUs for the nvml source. Empty: hostname.",
+    ),
     "OPTIINFRA_TARGET": ("sandbox", "sandbox | aws: where approved changes are applied."),
     "OPTIINFRA_AWS_REGION": ("us-east-1", "Region of the AWS target."),
     "OPTIINFRA_BACKFILL_DAYS": ("7", "Days of sandbox history written at first start."),
@@ -62,6 +66,7 @@ class Settings(BaseModel):
     seed: int = 42
     metrics_source: str = "sandbox"
     prometheus_targets: str = ""
+    nvml_instance_id: str = ""
     target: str = "sandbox"
     aws_region: str = "us-east-1"
     backfill_days: int = 7
@@ -83,6 +88,7 @@ class Settings(BaseModel):
             seed=int(env["OPTIINFRA_SEED"]),
             metrics_source=env["OPTIINFRA_METRICS_SOURCE"],
             prometheus_targets=env["OPTIINFRA_PROMETHEUS_TARGETS"],
+            nvml_instance_id=env["OPTIINFRA_NVML_INSTANCE_ID"],
             target=env["OPTIINFRA_TARGET"],
             aws_region=env["OPTIINFRA_AWS_REGION"],
             backfill_days=int(env["OPTIINFRA_BACKFILL_DAYS"]),

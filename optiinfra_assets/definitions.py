@@ -37,6 +37,7 @@ FLEET = FleetResource(
     target=dg.EnvVar("OPTIINFRA_TARGET"),
     seed=dg.EnvVar.int("OPTIINFRA_SEED"),
     prometheus_targets=dg.EnvVar("OPTIINFRA_PROMETHEUS_TARGETS"),
+    nvml_instance_id=dg.EnvVar("OPTIINFRA_NVML_INSTANCE_ID"),
     backfill_days=dg.EnvVar.int("OPTIINFRA_BACKFILL_DAYS"),
     backfill_step_s=dg.EnvVar.int("OPTIINFRA_BACKFILL_STEP_S"),
     rollout_soak_s=dg.EnvVar.int("OPTIINFRA_ROLLOUT_SOAK_S"),

@@ -6,6 +6,7 @@ engines themselves live in the sibling modules and know nothing of Dagster.
 
 from __future__ import annotations
 
+import socket
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
@@ -84,6 +85,7 @@ class FleetResource(dg.ConfigurableResource):
     target: str = "sandbox"  # sandbox | aws (next issue)
     seed: int = 42
     prometheus_targets: str = ""  # instance_id=http://host:port/metrics,...
+    nvml_instance_id: str = ""  # the fleet instance this machine's GPUs belong to ('' = hostname)
     backfill_days: int = 7
     backfill_step_s: int = 10
     rollout_soak_s: int = 10  # seconds the executor watches each rollout stage
@@ -95,7 +97,7 @@ class FleetResource(dg.ConfigurableResource):
         if self.source == "prometheus":
             return PrometheusSource(parse_targets(self.prometheus_targets))
         if self.source == "nvml":
-            return NvmlSource(instance_id="local-gpu", customer_id="", deployment_id="")
+            return NvmlSource(self.nvml_instance_id or socket.gethostname())
         raise ValueError(
             f"OPTIINFRA_METRICS_SOURCE: unknown source {self.source!r} (sandbox | prometheus | nvml)"
         )

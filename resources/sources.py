@@ -320,15 +320,14 @@ def parse_targets(spec: str) -> dict[str, str]:
 
 
 class NvmlSource:
-    """This machine's NVIDIA GPUs through NVML, as one resource row for the instance it is."""
+    """This machine's NVIDIA GPUs through NVML, as one resource row for the fleet instance it is
+    (its customer and deployment come from the fleet; an instance the fleet does not know is quarantined)."""
 
     name = "nvml"
     replays_history = False
 
-    def __init__(self, instance_id: str, customer_id: str, deployment_id: str) -> None:
+    def __init__(self, instance_id: str) -> None:
         self.instance_id = instance_id
-        self.customer_id = customer_id
-        self.deployment_id = deployment_id
 
     def _read(self) -> dict[str, float]:
         import pynvml  # nvidia-ml-py; imported here so that machines without it still load this module
@@ -361,7 +360,8 @@ class NvmlSource:
         except Exception as exc:  # NVMLError_LibraryNotFound, _DriverNotLoaded, ImportError, ...
             return SourceBatch(empty_frames(), f"NVML unavailable: {exc or type(exc).__name__}")
         frames = empty_frames()
-        keys = {"ts": _now_ms(), "customer_id": self.customer_id, "deployment_id": self.deployment_id}
+        customer_id, deployment_id = fleet.owner(self.instance_id)
+        keys = {"ts": _now_ms(), "customer_id": customer_id, "deployment_id": deployment_id}
         row = {**keys, "instance_id": self.instance_id, **measures}
         frames[Domain.RESOURCE] = _rows_frame(Domain.RESOURCE, [row])
         return SourceBatch(frames, "ok")

@@ -75,7 +75,7 @@ def test_a_source_that_reads_the_present_gets_one_window(tmp_path: Path) -> None
     report = collect_metrics(
         state,
         store,
-        lambda _: NvmlSource("i-local", "acme", "acme-chat-8b"),
+        lambda _: NvmlSource("i-local"),
         NOW,
         backfill_days=7,
         backfill_step_s=10,

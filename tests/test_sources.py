@@ -194,7 +194,7 @@ def test_parse_targets() -> None:
 
 
 def test_nvml_without_a_gpu_says_so_cleanly(fleet: FleetSnapshot) -> None:
-    batch = NvmlSource("i-local", "acme", "acme-chat-8b").collect(fleet, NOW, NOW)
+    batch = NvmlSource("i-local").collect(fleet, NOW, NOW)
     assert batch.status.startswith("NVML unavailable: ")
     assert all(frame.is_empty() for frame in batch.frames.values())
     assert batch.frames[Domain.RESOURCE].schema == pl.Schema(SCHEMAS[Domain.RESOURCE].polars_schema)
