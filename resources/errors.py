@@ -21,5 +21,13 @@ class StoreUnavailableError(RuntimeError):
     def __init__(self, store: str, url: str, reason: object) -> None:
         self.store = store
         self.url = mask_url(url)
-        first_line = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+        text = _scrub(str(reason), url).strip()
+        first_line = text.splitlines()[0] if text else type(reason).__name__
         super().__init__(f"{store} unreachable at {self.url}: {first_line}")
+
+
+def _scrub(text: str, url: str) -> str:
+    """The text without the URL's password, should a driver have quoted the URL in its error."""
+    password = urlsplit(url).password
+    text = text.replace(url, mask_url(url))
+    return text.replace(password, "***") if password else text

@@ -14,7 +14,6 @@ Distance is Euclidean and similarity ``1 / (1 + distance)``, in (0, 1].
 
 from __future__ import annotations
 
-import fcntl
 import re
 import threading
 import uuid
@@ -23,10 +22,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from optiinfra_assets.models import Outcome, SimilarOutcome
 from resources.errors import StoreUnavailableError, mask_url
+from resources.locks import exclusive_folder_lock, lock_path_for
 
 __all__ = [
     "FeatureMismatchError",
@@ -103,7 +102,7 @@ class QdrantMemoryStore(MemoryStore):
         else:
             assert self._path is not None
             self.display_url = f"qdrant-local://{self._path}"
-            self.lock_path = self._path.parent / f"{self._path.name}.lock"
+            self.lock_path = lock_path_for(self._path)
 
     # ---- engines --------------------------------------------------------------------------------
 
@@ -114,7 +113,7 @@ class QdrantMemoryStore(MemoryStore):
             client = QdrantClient(url=url, timeout=SERVER_TIMEOUT_S, check_compatibility=False)
             client.get_collections()  # the constructor does not connect; this does
         except Exception as exc:
-            raise StoreUnavailableError("memory store", url, _scrub(exc, url)) from None
+            raise StoreUnavailableError("memory store", url, exc) from None
         return client
 
     @contextmanager
@@ -220,22 +219,8 @@ _THREAD_LOCK = threading.Lock()
 
 @contextmanager
 def _local_lock(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with _THREAD_LOCK, open(lock_path, "a+") as handle:
-        # Blocks until another process (Dagster daemon, code server, a run) closes its client.
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _scrub(reason: object, url: str) -> str:
-    """The reason's text without the URL's password, should the client have quoted the URL."""
-    text = str(reason) or type(reason).__name__
-    password = urlsplit(url).password
-    text = text.replace(url, mask_url(url))
-    return text.replace(password, "***") if password else text
+    with _THREAD_LOCK, exclusive_folder_lock(lock_path):
+        yield
 
 
 def open_memory_store(url: str, home: Path) -> MemoryStore:

@@ -12,7 +12,6 @@ names only ever come from code.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import threading
 from abc import ABC, abstractmethod
@@ -28,6 +27,7 @@ import pyarrow as pa
 
 from optiinfra_assets.metrics import SCHEMAS, Domain, DomainSchema
 from resources.errors import StoreUnavailableError, mask_url
+from resources.locks import exclusive_folder_lock, lock_path_for
 
 __all__ = [
     "ChdbMetricStore",
@@ -396,7 +396,7 @@ class ChdbMetricStore(MetricStore):
         self.path = Path(path).resolve()
         self.database = database
         self.display_url = f"chdb://{self.path}"
-        self.lock_path = self.path.parent / f"{self.path.name}.lock"
+        self.lock_path = lock_path_for(self.path)
 
     @contextmanager
     def _open(self) -> Iterator[Any]:
@@ -413,7 +413,7 @@ class ChdbMetricStore(MetricStore):
             finally:
                 state.depth -= 1
             return
-        with _CHDB_PROCESS_LOCK, self._file_lock():
+        with _CHDB_PROCESS_LOCK, exclusive_folder_lock(self.lock_path):
             session = self._connect()
             state.path, state.session, state.depth = self.path, session, 1
             try:
@@ -421,17 +421,6 @@ class ChdbMetricStore(MetricStore):
             finally:
                 state.path, state.session, state.depth = None, None, 0
                 session.close()
-
-    @contextmanager
-    def _file_lock(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a+") as handle:
-            # Blocks until another process (Dagster daemon, code server, a run) closes its session.
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _connect(self) -> Any:
         from chdb import session as chdb_session  # heavy import, only where the embedded engine runs
