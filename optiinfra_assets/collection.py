@@ -88,16 +88,17 @@ def collect_metrics(
     else:  # a scraper reads the present: one window, whatever the gap
         windows = [Window(collected_until or now - timedelta(seconds=LIVE_STEP_S), now, LIVE_STEP_S)]
     report.windows = windows
+    # One read of the fleet per collection: the windows of a run describe the same fleet.
+    snapshot = FleetSnapshot(
+        customers=state.list_customers(),
+        deployments=state.list_deployments(),
+        instances=state.list_instances(include_ended=True),
+        faults=state.list_faults(),
+    )
+    known = snapshot.owners()
     for n, window in enumerate(windows, start=1):
-        snapshot = FleetSnapshot(
-            customers=state.list_customers(),
-            deployments=state.list_deployments(),
-            instances=state.list_instances(include_ended=True),
-            faults=state.list_faults(),
-        )
         batch = source_for_step(window.step_s).collect(snapshot, window.start, window.end)
         report.statuses.append(batch.status)
-        known = state.instance_index()
         with store.session():
             for domain, frame in batch.frames.items():
                 report.reports.setdefault(domain, []).append(ingest(store, domain, frame, known))

@@ -29,13 +29,18 @@ class FleetSnapshot:
     instances: list[Instance]
     faults: list[Fault] = field(default_factory=list)
 
+    def owners(self) -> dict[str, tuple[str, str]]:
+        """instance_id -> (customer_id, deployment_id) for every instance the fleet knows."""
+        customer_of = {d.id: d.customer_id for d in self.deployments}
+        return {
+            i.id: (customer_of[i.deployment_id], i.deployment_id)
+            for i in self.instances
+            if i.deployment_id in customer_of
+        }
+
     def owner(self, instance_id: str) -> tuple[str, str]:
         """(customer_id, deployment_id) of an instance; empty strings when the fleet does not know it."""
-        deployments = {d.id: d for d in self.deployments}
-        for inst in self.instances:
-            if inst.id == instance_id and inst.deployment_id in deployments:
-                return deployments[inst.deployment_id].customer_id, inst.deployment_id
-        return "", ""
+        return self.owners().get(instance_id, ("", ""))
 
 
 @dataclass
@@ -281,6 +286,7 @@ class PrometheusSource:
 
     def collect(self, fleet: FleetSnapshot, start: datetime, end: datetime) -> SourceBatch:
         rows, problems = [], []
+        owners = fleet.owners()
         for instance_id, url in sorted(self.targets.items()):
             try:
                 samples = self._scrape(url)
@@ -297,7 +303,7 @@ class PrometheusSource:
                 samples, before.samples, dt
             )
             # An instance the fleet does not know is still emitted, so that validation quarantines it.
-            customer_id, deployment_id = fleet.owner(instance_id)
+            customer_id, deployment_id = owners.get(instance_id, ("", ""))
             keys = {"ts": _now_ms(), "customer_id": customer_id, "deployment_id": deployment_id}
             rows.append({**keys, "instance_id": instance_id, **measures})
         frames = empty_frames()
