@@ -9,12 +9,15 @@ Exit codes: 0 ok, 2 a refused request (unknown/decided/expired recommendation, b
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import pkgutil
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from optiinfra_assets import commands
 from optiinfra_assets.config import ENV_VARS, Settings
 from optiinfra_assets.models import Execution, Fault, FaultKind, Recommendation, RecommendationStatus, Risk
 from optiinfra_assets.workflow import decide, fleet_summary
@@ -37,6 +40,13 @@ def recommendation_json(rec: Recommendation) -> dict[str, Any]:
         "customer": rec.customer_id,
         "deployment": rec.deployment_id,
         "estimated_monthly_savings_usd": round(rec.estimated_monthly_savings_usd, 2),
+        "estimate": rec.estimate.model_dump(mode="json"),
+        "changes": {k: {"from": a, "to": b} for k, (a, b) in rec.current.changes(rec.desired).items()},
+        "current": rec.current.model_dump(mode="json"),
+        "desired": rec.desired.model_dump(mode="json"),
+        "stages": rec.stages,
+        "status_reason": rec.status_reason,
+        "evidence": rec.evidence.model_dump(mode="json"),
         "risk": rec.risk.value,
         "risk_score": round(rec.risk_score, 3),
         "summary": rec.summary,
@@ -81,9 +91,8 @@ def cmd_recommendations(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        _print_table(
-            rows, ["id", "kind", "status", "customer", "deployment", "estimated_monthly_savings_usd", "risk"]
-        )
+        columns = ["id", "kind", "status", "customer", "deployment", "estimated_monthly_savings_usd", "risk"]
+        _print_table(rows, [*columns, "status_reason"])
     return 0
 
 
@@ -260,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="the OPTIINFRA_* variables in effect (passwords masked)")
     config.set_defaults(func=cmd_config)
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{commands.__name__}.{info.name}").add_parser(sub)
     return parser
 
 

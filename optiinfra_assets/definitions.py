@@ -1,11 +1,18 @@
-"""The Dagster definitions: assembles assets, checks, jobs, sensors, schedules and resources. Nothing else."""
+"""The Dagster definitions: assembles assets, checks, jobs, sensors and resources. Nothing else.
+
+The analysis assets are built from the capability and detector lists (``optiinfra_assets.agents``), each
+in its agent's group; jobs select by group; freshness is one policy per group, applied here.
+"""
+
+from datetime import timedelta
 
 import dagster as dg
 
+from optiinfra_assets.agents import AGENTS
+from optiinfra_assets.assets.analysis import agent_analysis
 from optiinfra_assets.assets.baselines import BASELINE_ASSETS
 from optiinfra_assets.assets.executions import change_executions
 from optiinfra_assets.assets.metrics import METRIC_CHECKS, fleet_inventory, raw_metrics
-from optiinfra_assets.assets.recommendations import spot_migration_recommendations
 from optiinfra_assets.assets.registry import agent_registry
 from optiinfra_assets.config import apply_env_defaults
 from optiinfra_assets.jobs import (
@@ -21,58 +28,77 @@ from resources.dagster_resources import (
     MetricStoreResource,
     StateStoreResource,
     WorkflowResource,
+    from_env,
 )
 from sensors.approvals import approval_sensor, execution_failure_sensor
-from sensors.refresh import analysis_refresh_schedule, analysis_refresh_sensor, metrics_refresh_sensor
+from sensors.refresh import automation_sensor, metrics_refresh_sensor
 
-# Unset OPTIINFRA_* variables get their documented defaults (optiinfra_assets/config.py), so every
-# EnvVar below resolves however the process was started.
+# Unset OPTIINFRA_* variables get their defaults (optiinfra_assets/config.py), so every EnvVar resolves
+# however the process was started.
 apply_env_defaults()
 
-HOME = dg.EnvVar("OPTIINFRA_HOME")
-STATE_STORE = StateStoreResource(home=HOME, database_url=dg.EnvVar("OPTIINFRA_DATABASE_URL"))
-METRIC_STORE = MetricStoreResource(home=HOME, clickhouse_url=dg.EnvVar("OPTIINFRA_CLICKHOUSE_URL"))
-FLEET = FleetResource(
-    source=dg.EnvVar("OPTIINFRA_METRICS_SOURCE"),
-    target=dg.EnvVar("OPTIINFRA_TARGET"),
-    seed=dg.EnvVar.int("OPTIINFRA_SEED"),
-    prometheus_targets=dg.EnvVar("OPTIINFRA_PROMETHEUS_TARGETS"),
-    nvml_instance_id=dg.EnvVar("OPTIINFRA_NVML_INSTANCE_ID"),
-    backfill_days=dg.EnvVar.int("OPTIINFRA_BACKFILL_DAYS"),
-    backfill_step_s=dg.EnvVar.int("OPTIINFRA_BACKFILL_STEP_S"),
-    rollout_soak_s=dg.EnvVar.int("OPTIINFRA_ROLLOUT_SOAK_S"),
-    recommendation_ttl_h=dg.EnvVar.int("OPTIINFRA_RECOMMENDATION_TTL_H"),
-)
+STATE_STORE = from_env(StateStoreResource)
+METRIC_STORE = from_env(MetricStoreResource)
+FLEET = from_env(FleetResource)
 
-defs = dg.Definitions(
-    assets=[
-        fleet_inventory,
-        raw_metrics,
-        *BASELINE_ASSETS.values(),
-        agent_registry,
-        spot_migration_recommendations,
-        change_executions,
-    ],
-    asset_checks=METRIC_CHECKS,
-    jobs=[metrics_refresh_job, analysis_refresh_job, recommendation_executor_job, approve_recommendation_job],
-    sensors=[metrics_refresh_sensor, analysis_refresh_sensor, approval_sensor, execution_failure_sensor],
-    schedules=[analysis_refresh_schedule],
-    # Steps share one process: a step per process would re-import the stack (~5 s each on 2 cores)
-    # for work that takes well under a second, and the embedded engines serialize access anyway.
-    executor=dg.in_process_executor,
-    resources={
+
+def resources() -> dict[str, dg.ConfigurableResource]:
+    """The one resource mapping, for the definitions and the tests alike."""
+    return {
         "state_store": STATE_STORE,
         "metric_store": METRIC_STORE,
         "fleet": FLEET,
         # The workflow's assets take one resource holding the engines above plus memory and the LLM.
-        "workflow": WorkflowResource(
+        "workflow": from_env(
+            WorkflowResource,
             state_store=STATE_STORE,
             metric_store=METRIC_STORE,
-            memory_store=MemoryStoreResource(home=HOME, qdrant_url=dg.EnvVar("OPTIINFRA_QDRANT_URL")),
-            llm=LlmResource(
-                model=dg.EnvVar("OPTIINFRA_LLM_MODEL"), timeout_s=dg.EnvVar.int("OPTIINFRA_LLM_TIMEOUT_S")
-            ),
+            memory_store=from_env(MemoryStoreResource),
+            llm=from_env(LlmResource),
             fleet=FLEET,
         ),
-    },
+    }
+
+
+# Freshness: metrics are collected every 30 s; the analysis refreshes every 15 minutes.
+FRESHNESS = {
+    "metrics": dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(minutes=10), warn_window=timedelta(minutes=3)
+    ),
+    "analysis": dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(hours=1), warn_window=timedelta(minutes=30)
+    ),
+}
+
+defs = (
+    dg.Definitions(
+        assets=[
+            fleet_inventory,
+            raw_metrics,
+            *BASELINE_ASSETS.values(),
+            agent_registry,
+            agent_analysis,
+            change_executions,
+        ],
+        asset_checks=METRIC_CHECKS,
+        jobs=[
+            metrics_refresh_job,
+            analysis_refresh_job,
+            recommendation_executor_job,
+            approve_recommendation_job,
+        ],
+        sensors=[metrics_refresh_sensor, automation_sensor, approval_sensor, execution_failure_sensor],
+        # Steps share one process: a step per process would re-import the stack (~5 s each on 2 cores)
+        # for work that takes well under a second, and the embedded engines serialize access anyway.
+        executor=dg.in_process_executor,
+        resources=resources(),
+    )
+    .map_resolved_asset_specs(
+        func=lambda spec: dg.apply_freshness_policy(spec, FRESHNESS["metrics"]),
+        selection=dg.AssetSelection.groups("metrics"),
+    )
+    .map_resolved_asset_specs(
+        func=lambda spec: dg.apply_freshness_policy(spec, FRESHNESS["analysis"]),
+        selection=dg.AssetSelection.groups("baselines", *AGENTS),
+    )
 )

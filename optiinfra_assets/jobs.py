@@ -2,11 +2,7 @@
 
 import dagster as dg
 
-from optiinfra_assets.assets.baselines import BASELINE_ASSETS
-from optiinfra_assets.assets.executions import change_executions
-from optiinfra_assets.assets.metrics import fleet_inventory, raw_metrics
-from optiinfra_assets.assets.recommendations import spot_migration_recommendations
-from optiinfra_assets.assets.registry import agent_registry
+from optiinfra_assets.agents import AGENTS
 from optiinfra_assets.partitions import recommendation_partitions
 from optiinfra_assets.workflow import decide
 from resources.dagster_resources import StateStoreResource
@@ -14,21 +10,20 @@ from resources.state_store import RecommendationError
 
 metrics_refresh_job = dg.define_asset_job(
     "metrics_refresh_job",
-    selection=dg.AssetSelection.assets(fleet_inventory, raw_metrics),
+    selection=dg.AssetSelection.groups("metrics"),
     description="Collect new metrics from the fleet (a week of backfill at first start) and ingest them.",
 )
 
 analysis_refresh_job = dg.define_asset_job(
     "analysis_refresh_job",
-    selection=dg.AssetSelection.assets(
-        *BASELINE_ASSETS.values(), agent_registry, spot_migration_recommendations
-    ),
-    description="Recompute baselines, agent health and recommendations.",
+    selection=dg.AssetSelection.groups("baselines", "agents", *AGENTS),
+    description="Recompute baselines, agent health, every capability's recommendations and every "
+    "detector's findings now (automation does this every 15 minutes on its own).",
 )
 
 recommendation_executor_job = dg.define_asset_job(
     "recommendation_executor_job",
-    selection=dg.AssetSelection.assets(change_executions),
+    selection=dg.AssetSelection.groups("executions"),
     partitions_def=recommendation_partitions,
     description="Apply one approved recommendation (partition = its id) in stages with automatic rollback.",
 )

@@ -1,22 +1,24 @@
-"""Small formatting helpers for what a person reads: markdown tables for materialization metadata."""
+"""What a person reads on a materialization: rows as a Dagster table (sortable in the UI)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:,.2f}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
+import dagster as dg
 
 
-def md_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """A GitHub-flavoured markdown table; '_none_' when there are no rows."""
+def _cell(value: Any) -> str | int | float | bool | None:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def table(rows: Sequence[Mapping[str, Any]]) -> dg.MetadataValue:
+    """Rows of scalars as ``MetadataValue.table``; '_none_' when there are no rows (a table needs a schema
+    to be drawn, and an empty one says nothing)."""
     if not rows:
-        return "_none_"
-    columns = list(columns or rows[0].keys())
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
+        return dg.MetadataValue.md("_none_")
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    records = [dg.TableRecord({c: _cell(row.get(c)) for c in columns}) for row in rows]
+    return dg.MetadataValue.table(records, schema=dg.TableSchema(columns=[dg.TableColumn(c) for c in columns]))

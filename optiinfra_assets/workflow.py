@@ -1,43 +1,48 @@
-"""The recommendation lifecycle as plain functions: propose (analyze, validate, assess, store), decide (a
-person or a written policy), execute (staged rollout) and remember. Dagster assets, sensors and the CLI
-call these; nothing here imports Dagster.
+"""The recommendation lifecycle as plain functions: one analysis pass (snapshot, every capability, the
+other agents' validation, risk, coordination, storage), decisions (a person or a written policy),
+execution (staged rollout) and memory. Dagster assets, sensors and the CLI call these; nothing here
+imports Dagster, and nothing here names a capability's kind: it iterates the lists it is given.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from optiinfra_assets import sandbox
-from optiinfra_assets.agents import application, performance, resource
-from optiinfra_assets.agents.baselines import overall_baseline
-from optiinfra_assets.agents.coordination import resolve_conflicts, validation_status
-from optiinfra_assets.agents.cost import (
-    KIND as SPOT_KIND,
+from optiinfra_assets.agents import CAPABILITIES, DETECTORS, VALIDATORS
+from optiinfra_assets.agents import baselines as baseline_store
+from optiinfra_assets.agents.capability import (
+    Capability,
+    Detector,
+    Finding,
+    Proposal,
+    Skip,
+    ValidationRequest,
+    risk_level,
 )
-from optiinfra_assets.agents.cost import (
-    SpotAnalysis,
-    analyze_spot_migration,
-    spot_migration_recommendation,
-    spot_scenario_features,
-)
+from optiinfra_assets.agents.coordination import Settled, Verdict, resolve_conflicts, validation_status
 from optiinfra_assets.agents.risk import assess_risk
 from optiinfra_assets.agents.rollout import RolloutContext
-from optiinfra_assets.config import Settings
+from optiinfra_assets.config import DecisionSettings, Settings
+from optiinfra_assets.metrics import Domain
 from optiinfra_assets.models import (
     Approval,
     Customer,
     Decision,
-    Deployment,
+    DeploymentConfig,
     Lifecycle,
     Recommendation,
     RecommendationStatus,
     Risk,
 )
+from optiinfra_assets.snapshot import BaselineStat, FleetSnapshot
 from resources.llm import LlmClient, configured_llm
 from resources.memory_store import MemoryStore, open_memory_store
 from resources.metric_store import MetricStore, open_metric_store
@@ -57,6 +62,7 @@ class Services:
     llm: LlmClient | None
     recommendation_ttl: timedelta = timedelta(hours=24)
     soak_s: float = 10.0
+    decisions: DecisionSettings = field(default_factory=DecisionSettings)
 
 
 def open_services(settings: Settings) -> Services:
@@ -73,6 +79,7 @@ def open_services(settings: Settings) -> Services:
         llm=configured_llm(settings.llm_model, settings.llm_timeout_s),
         recommendation_ttl=timedelta(hours=settings.recommendation_ttl_h),
         soak_s=settings.rollout_soak_s,
+        decisions=settings.decisions,
     )
 
 
@@ -116,56 +123,294 @@ def ensure_sandbox_fleet(state: StateStore, seed: int, now: datetime) -> bool:
     return True
 
 
-# ---- proposing -------------------------------------------------------------------------------------
+# ---- reading the fleet once ------------------------------------------------------------------------
+
+# How far back the detectors look (hourly rollups); a week covers every hour of the week once.
+LOOKBACK = timedelta(days=7)
+HOURLY_DOMAINS = (Domain.PERFORMANCE, Domain.RESOURCE, Domain.QUALITY)
 
 
-class SpotMigrationReport(BaseModel):
+def load_baselines(metrics: MetricStore) -> dict[str, dict[str, BaselineStat]]:
+    """deployment -> metric -> whole-week baseline, for the whole fleet in one query."""
+    loader = getattr(baseline_store, "load_overall_baselines", None)
+    if loader is not None:
+        return loader(metrics)
+    frame = baseline_store._load(metrics, None, None, None, all_hours=True)  # interim until the set loader
+    out: dict[str, dict[str, BaselineStat]] = {}
+    for row in frame.iter_rows(named=True):
+        out.setdefault(row["deployment_id"], {})[row["metric"]] = BaselineStat(
+            median=row["median"], mad=row["mad"], p05=row["p05"], p95=row["p95"], n=int(row["n"])
+        )
+    return out
+
+
+def load_snapshot(state: StateStore, metrics: MetricStore, now: datetime) -> FleetSnapshot:
+    """The fleet and its figures, read once with set-based queries (one per metric domain, whatever the
+    number of deployments) inside one engine session."""
+    with metrics.session():
+        baselines = load_baselines(metrics)
+        hourly = {str(d): metrics.hourly(d, since=now - LOOKBACK) for d in HOURLY_DOMAINS}
+    return FleetSnapshot(
+        customers=state.list_customers(),
+        deployments=state.list_deployments(),
+        instances=state.list_instances(),
+        faults=state.list_faults(),
+        taken_at=now,
+        baselines=baselines,
+        hourly=hourly,
+    )
+
+
+# ---- one analysis pass -----------------------------------------------------------------------------
+
+
+class CapabilityReport(BaseModel):
+    """What one capability did in a pass (shown on its asset)."""
+
+    kind: str
+    agent: str
+    proposals: int = 0
     created: list[Recommendation] = Field(default_factory=list)
     auto_approved: list[str] = Field(default_factory=list)
     skipped: dict[str, str] = Field(default_factory=dict)  # deployment -> reason
-    analyses: list[dict[str, Any]] = Field(default_factory=list)
+    error: str | None = None  # the capability raised or returned invalid output: isolated, recorded
+
+
+class DetectorReport(BaseModel):
+    name: str
+    agent: str
+    findings: list[Finding] = Field(default_factory=list)
+    error: str | None = None
+
+
+class AnalysisReport(BaseModel):
+    capabilities: dict[str, CapabilityReport] = Field(default_factory=dict)
+    detectors: dict[str, DetectorReport] = Field(default_factory=dict)
     expired: list[str] = Field(default_factory=list)
+    deployments: int = 0
 
 
-def peak_requests_per_s(metrics: MetricStore, deployment_id: str, replicas: int) -> float:
-    """The deployment's peak load: the baseline's p95 of requests/s times its replicas.
+def run_analysis_pass(
+    svc: Services,
+    now: datetime,
+    capabilities: Sequence[Capability] = CAPABILITIES,
+    detectors: Sequence[Detector] = DETECTORS,
+) -> AnalysisReport:
+    """Read the fleet once, run every capability and detector on it, validate, assess, coordinate, store.
 
-    The baseline aggregates per-instance samples (one row per instance and timestamp), so its p95 is the
-    busy end of what one replica serves; the deployment serves that on each replica.
+    A capability or detector that raises, or returns something that is not a valid proposal, is isolated:
+    its error is recorded in its report and the others still run.
     """
-    stat = overall_baseline(metrics, deployment_id, "requests_per_s")
-    return 0.0 if stat is None else stat.p95 * replicas
+    report = AnalysisReport(expired=svc.state.expire_recommendations(now))
+    snapshot = load_snapshot(svc.state, svc.metrics, now)
+    report.deployments = len(snapshot.deployments)
+    for det in detectors:
+        report.detectors[det.name] = _run_detector(det, snapshot, svc.decisions)
+    open_recs = svc.state.list_open_recommendations()
+    open_by_key = {(r.kind, r.deployment_id): r for r in open_recs}
+    candidates: list[tuple[Capability, Recommendation, Recommendation | None]] = []
+    with svc.memory.session():
+        for cap in capabilities:
+            cap_report = report.capabilities[cap.kind] = CapabilityReport(kind=cap.kind, agent=cap.agent)
+            try:
+                items = _analyze(cap, snapshot, svc.decisions)
+            except Exception as exc:  # isolation: one capability's bug must not stop the others
+                cap_report.error = f"{type(exc).__name__}: {exc}"
+                continue
+            for item in items:
+                if isinstance(item, Skip):
+                    cap_report.skipped[item.deployment_id] = item.reason
+                    continue
+                cap_report.proposals += 1
+                existing = open_by_key.get((cap.kind, item.deployment_id))
+                if existing is not None and existing.status is not RecommendationStatus.BLOCKED:
+                    cap_report.skipped[item.deployment_id] = (
+                        f"already open: {existing.id} ({existing.status.value})"
+                    )
+                    continue
+                rec = _recommendation(svc, cap, item, snapshot, now)
+                candidates.append((cap, rec, existing))
+        _coordinate_and_store(svc, capabilities, snapshot, candidates, open_recs, report, now)
+    return report
 
 
-def _validate(svc: Services, customer: Customer, deployment: Deployment, analysis: SpotAnalysis) -> list:
-    """The other agents' verdicts on moving this deployment to spot."""
-    peak = peak_requests_per_s(svc.metrics, deployment.id, analysis.replicas)
-    quality = overall_baseline(svc.metrics, deployment.id, "quality_score")
-    return [
-        performance.validate_spot_migration(customer, deployment, analysis, peak),
-        resource.validate_spot_migration(deployment, analysis),
-        application.validate_quality_baseline(quality),
-    ]
+def _analyze(cap: Capability, snapshot: FleetSnapshot, settings: DecisionSettings) -> list[Proposal | Skip]:
+    """The capability's output, checked: proposals of its kind with its evidence type, or skips."""
+    items = list(cap.analyze(snapshot, settings))
+    known = {d.id for d in snapshot.deployments}
+    for item in items:
+        if isinstance(item, Skip):
+            continue
+        if not isinstance(item, Proposal):
+            raise TypeError(f"returned a {type(item).__name__}, not a Proposal or Skip")
+        if item.kind != cap.kind or not isinstance(item.evidence, cap.evidence_model):
+            raise TypeError(
+                f"returned a proposal of kind {item.kind!r} with {type(item.evidence).__name__} evidence; "
+                f"expected {cap.kind!r} with {cap.evidence_model.__name__}"
+            )
+        if item.deployment_id not in known:
+            raise ValueError(f"proposed a change to unknown deployment {item.deployment_id!r}")
+        # Re-validate: a capability may have built its models with model_construct or mutated them.
+        Proposal.model_validate(item.model_dump())
+    return items
 
 
-def _spot_candidate(
-    svc: Services, customer: Customer, deployment: Deployment, now: datetime
-) -> tuple[SpotAnalysis, Recommendation | None]:
-    """The analysis and, when eligible, the validated and risk-assessed recommendation (not stored)."""
-    instances = svc.state.list_instances(deployment.id)
-    latency = overall_baseline(svc.metrics, deployment.id, "latency_p95_ms")
-    analysis = analyze_spot_migration(customer, deployment, instances, latency)
-    rec = spot_migration_recommendation(analysis, now, svc.recommendation_ttl)
-    if rec is None:
-        return analysis, None
-    rec.validations = _validate(svc, customer, deployment, analysis)
-    rec.status = validation_status(rec.validations)
-    features = spot_scenario_features(analysis)
-    rec.evidence["features"] = features
-    similar = svc.memory.similar(SPOT_KIND, features)
-    assessment = assess_risk(rec, similar, svc.llm)
+def _run_detector(det: Detector, snapshot: FleetSnapshot, settings: DecisionSettings) -> DetectorReport:
+    report = DetectorReport(name=det.name, agent=det.agent)
+    try:
+        report.findings = [Finding.model_validate(f) for f in det.detect(snapshot, settings)]
+    except (Exception, ValidationError) as exc:
+        report.error = f"{type(exc).__name__}: {exc}"
+    return report
+
+
+def validate_change(
+    cap: Capability, proposal: Proposal, snapshot: FleetSnapshot, settings: DecisionSettings
+) -> list:
+    """The verdicts of the agents the capability asks, each judging the proposed config."""
+    deployment = next(d for d in snapshot.deployments if d.id == proposal.deployment_id)
+    request = ValidationRequest(
+        customer=snapshot.customer_by_id[proposal.customer_id],
+        deployment=deployment,
+        current=proposal.current,
+        proposed=proposal.desired,
+        evidence=proposal.evidence,
+        baselines=snapshot.baselines.get(proposal.deployment_id, {}),
+        settings=settings,
+    )
+    return [VALIDATORS[agent](request) for agent in cap.validators]
+
+
+def _recommendation(
+    svc: Services, cap: Capability, proposal: Proposal, snapshot: FleetSnapshot, now: datetime
+) -> Recommendation:
+    """Validated and risk-assessed, not yet stored."""
+    settings = svc.decisions
+    validations = validate_change(cap, proposal, snapshot, settings)
+    features = cap.features(proposal)
+    rec = Recommendation(
+        id=f"rec-{uuid.uuid4().hex[:12]}",
+        kind=cap.kind,
+        customer_id=proposal.customer_id,
+        deployment_id=proposal.deployment_id,
+        status=validation_status(validations),
+        created_at=now,
+        expires_at=now + svc.recommendation_ttl,
+        current=proposal.current,
+        desired=proposal.desired,
+        stages=list(cap.stages),
+        estimate=proposal.estimate,
+        risk=risk_level(proposal.risk_score, settings),
+        risk_score=proposal.risk_score,
+        summary=proposal.summary,
+        evidence=proposal.evidence,
+        features=features,
+        validations=validations,
+    )
+    if rec.status is RecommendationStatus.BLOCKED:
+        rec.status_reason = "blocked by " + "; ".join(
+            f"{v.agent}: {v.detail}" for v in validations if not v.passed
+        )
+    similar = svc.memory.similar(cap.kind, features)
+    assessment = assess_risk(rec, similar, svc.llm, settings=settings)
     rec.risk_assessment, rec.risk, rec.risk_score = assessment, assessment.level, assessment.score
-    return analysis, rec
+    return rec
+
+
+def reevaluator(svc: Services, capabilities: Sequence[Capability], snapshot: FleetSnapshot, now: datetime):
+    """Re-run a losing recommendation's capability on its deployment as if the winner's config applied."""
+
+    def reevaluate(loser: Recommendation, base: DeploymentConfig) -> Recommendation | None:
+        cap = next(c for c in capabilities if c.kind == loser.kind)
+        moved = snapshot.with_config(loser.deployment_id, base)
+        for item in _analyze(cap, moved, svc.decisions):
+            if isinstance(item, Proposal) and item.deployment_id == loser.deployment_id:
+                return _recommendation(svc, cap, item, moved, now)
+        return None
+
+    return reevaluate
+
+
+def _coordinate_and_store(
+    svc: Services,
+    capabilities: Sequence[Capability],
+    snapshot: FleetSnapshot,
+    candidates: list[tuple[Capability, Recommendation, Recommendation | None]],
+    open_recs: list[Recommendation],
+    report: AnalysisReport,
+    now: datetime,
+) -> None:
+    state = svc.state
+    customers = snapshot.customer_by_id
+    # A blocked candidate takes no part in conflicts: it refreshes its blocked copy or waits as blocked.
+    live = [(cap, rec, old) for cap, rec, old in candidates if rec.status is not RecommendationStatus.BLOCKED]
+    verdicts, open_losers = resolve_conflicts(
+        [rec for _, rec, _ in live],
+        open_recs,
+        customers,
+        capabilities,
+        reevaluator(svc, capabilities, snapshot, now),
+    )
+    settled = {id(rec): v for (_, rec, _), v in zip(live, verdicts, strict=True)}
+    for cap, rec, existing in candidates:
+        cap_report = report.capabilities[cap.kind]
+        verdict = settled.get(id(rec))
+        if rec.status is RecommendationStatus.BLOCKED:
+            if existing is not None:
+                _refresh_blocked(state, existing, rec, cap_report)
+            else:
+                _store(state, customers.get(rec.customer_id), rec, now, cap_report)
+            continue
+        if existing is not None:  # it was blocked; now approvable (or conflicting): the new one replaces it
+            _withdraw(state, existing, f"superseded by {rec.id}")
+        if verdict is None or verdict.verdict is Verdict.KEEP:
+            _store(state, customers.get(rec.customer_id), rec, now, cap_report)
+        elif verdict.verdict is Verdict.ESCALATED:
+            escalated = verdict.rec.model_copy(
+                update={"status": RecommendationStatus.ESCALATED, "status_reason": verdict.reason}
+            )
+            _store(state, None, escalated, now, cap_report)
+        else:
+            cap_report.skipped[rec.deployment_id] = verdict.reason
+    for loser in open_losers:
+        _settle_open(state, loser)
+
+
+def _settle_open(state: StateStore, loser: Settled) -> None:
+    """An open recommendation outranked by a new one: escalated, or withdrawn with the reason."""
+    waiting = [RecommendationStatus.PENDING, RecommendationStatus.ESCALATED]
+    if loser.verdict is Verdict.ESCALATED:
+        # Stored as re-evaluated: on the winner's config, so approving it later builds on the winner.
+        current = state.get_recommendation(loser.rec.id)
+        if current.status in waiting:
+            state.update_recommendation(
+                loser.rec.model_copy(
+                    update={"status": RecommendationStatus.ESCALATED, "status_reason": loser.reason}
+                )
+            )
+            state.audit("coordination", "escalate", "recommendation", loser.rec.id, {"reason": loser.reason})
+    else:
+        _withdraw(state, loser.rec, loser.reason, expected=waiting)
+
+
+def _refresh_blocked(
+    state: StateStore, existing: Recommendation, rec: Recommendation, report: CapabilityReport
+) -> None:
+    """Still blocked: update the open blocked recommendation in place (same id) with today's figures."""
+    state.update_recommendation(rec.model_copy(update={"id": existing.id, "created_at": existing.created_at}))
+    failed = ", ".join(v.agent for v in rec.validations if not v.passed)
+    report.skipped[rec.deployment_id] = f"still blocked by {failed}: {existing.id} re-validated"
+
+
+def _withdraw(
+    state: StateStore,
+    existing: Recommendation,
+    why: str,
+    expected: Sequence[RecommendationStatus] = (RecommendationStatus.BLOCKED,),
+) -> None:
+    """Close an open recommendation that no longer stands, saying why."""
+    state.set_recommendation_status(existing.id, RecommendationStatus.EXPIRED, expected=expected, reason=why)
+    state.audit("agent:" + existing.kind, "withdraw", "recommendation", existing.id, {"reason": why})
 
 
 def _policy_allows(customer: Customer | None, rec: Recommendation) -> bool:
@@ -193,65 +438,8 @@ def _auto_approve(state: StateStore, customer: Customer, rec: Recommendation, no
     )
 
 
-def propose_spot_migrations(svc: Services, now: datetime) -> SpotMigrationReport:
-    """Analyze every deployment for spot, validate, assess risk, settle conflicts, store, auto-approve."""
-    state = svc.state
-    report = SpotMigrationReport(expired=state.expire_recommendations(now))
-    customers = {c.id: c for c in state.list_customers()}
-    candidates: list[Recommendation] = []
-    for deployment in state.list_deployments():
-        customer = customers.get(deployment.customer_id)
-        if customer is None:
-            report.skipped[deployment.id] = f"unknown customer '{deployment.customer_id}'"
-            continue
-        existing = state.open_recommendation(SPOT_KIND, deployment.id)
-        if existing is not None and existing.status is not RecommendationStatus.BLOCKED:
-            report.skipped[deployment.id] = f"already open: {existing.id} ({existing.status.value})"
-            continue
-        analysis, rec = _spot_candidate(svc, customer, deployment, now)
-        report.analyses.append(analysis.model_dump(mode="json"))
-        if existing is not None and rec is not None and rec.status is RecommendationStatus.BLOCKED:
-            _refresh_blocked(state, existing, rec, report)
-            continue
-        if existing is not None:  # it was blocked; now approvable or no longer eligible: close it
-            _withdraw_blocked(state, existing, rec)
-        if rec is None:
-            report.skipped[deployment.id] = "not eligible: " + "; ".join(analysis.reasons)
-        else:
-            candidates.append(rec)
-    kept, losers = resolve_conflicts(candidates, customers)
-    for rec, reason in losers:
-        report.skipped[rec.deployment_id] = reason
-    for rec in kept:
-        _store(state, customers.get(rec.customer_id), rec, now, report)
-    return report
-
-
-def _refresh_blocked(
-    state: StateStore, existing: Recommendation, rec: Recommendation, report: SpotMigrationReport
-) -> None:
-    """Still blocked: update the open blocked recommendation in place (same id) with today's figures."""
-    state.update_recommendation(rec.model_copy(update={"id": existing.id, "created_at": existing.created_at}))
-    failed = ", ".join(v.agent for v in rec.validations if not v.passed)
-    report.skipped[rec.deployment_id] = f"still blocked by {failed}: {existing.id} re-validated"
-
-
-def _withdraw_blocked(state: StateStore, existing: Recommendation, rec: Recommendation | None) -> None:
-    """Close a blocked recommendation whose deployment is now approvable (a new one replaces it) or no
-    longer eligible."""
-    state.set_recommendation_status(
-        existing.id, RecommendationStatus.EXPIRED, expected=[RecommendationStatus.BLOCKED]
-    )
-    why = f"superseded by {rec.id}" if rec is not None else "no longer eligible"
-    state.audit("agent:" + existing.kind, "withdraw", "recommendation", existing.id, {"reason": why})
-
-
 def _store(
-    state: StateStore,
-    customer: Customer | None,
-    rec: Recommendation,
-    now: datetime,
-    report: SpotMigrationReport,
+    state: StateStore, customer: Customer | None, rec: Recommendation, now: datetime, report: CapabilityReport
 ) -> None:
     if not state.add_recommendation(rec):  # another run opened one for this deployment meanwhile
         report.skipped[rec.deployment_id] = "already open"
@@ -287,15 +475,20 @@ def decide(
     return state.decide(rec_id, Decision(decision), by.strip(), comment, via=via, now=now)
 
 
-def rollout_context(svc: Services, rec_id: str, **overrides: Any) -> RolloutContext:
-    """The executor's context for a recommendation, with its deployment's quality and latency baselines."""
+def rollout_context(
+    svc: Services, rec_id: str, capabilities: Sequence[Capability] = CAPABILITIES, **overrides: Any
+) -> RolloutContext:
+    """The executor's context for a recommendation, with its deployment's baselines."""
     rec = svc.state.get_recommendation(rec_id)
+    with svc.metrics.session():
+        baselines = load_baselines(svc.metrics).get(rec.deployment_id, {})
     settings: dict[str, Any] = {
         "state": svc.state,
         "target": svc.target,
-        "quality_baseline": overall_baseline(svc.metrics, rec.deployment_id, "quality_score"),
-        "latency_baseline": overall_baseline(svc.metrics, rec.deployment_id, "latency_p95_ms"),
         "memory": svc.memory,
+        "baselines": baselines,
+        "capabilities": tuple(capabilities),
+        "settings": svc.decisions,
         "soak_s": svc.soak_s,
     }
     return RolloutContext(**(settings | overrides))

@@ -1,23 +1,26 @@
-"""The Dagster resources: one ConfigurableResource per engine, configured with EnvVar in definitions.py.
+"""The Dagster resources: one ConfigurableResource per engine, configured with EnvVar.
 
 Each resource only chooses and opens an engine (embedded default, or the server named by a URL); the
-engines themselves live in the sibling modules and know nothing of Dagster.
+engines themselves live in the sibling modules and know nothing of Dagster. :func:`from_env` configures a
+resource from the OPTIINFRA_* variables named after its fields, whose defaults and validation live in
+``optiinfra_assets.config.Settings``: a variable is declared once, there.
 """
 
 from __future__ import annotations
 
-import socket
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
+from typing import Any, TypeVar
 
 import dagster as dg
 
+from optiinfra_assets.config import Settings, env_name
 from optiinfra_assets.workflow import Services
 from resources.llm import LlmClient, configured_llm
 from resources.memory_store import MemoryStore, open_memory_store
 from resources.metric_store import MetricStore, open_metric_store
-from resources.sources import MetricSource, NvmlSource, PrometheusSource, SandboxSource, parse_targets
+from resources.sources import MetricSource, open_metric_source
 from resources.state_store import StateStore, state_store_url
 from resources.targets import Target, open_target
 
@@ -69,19 +72,19 @@ class MemoryStoreResource(dg.ConfigurableResource):
 
 
 class LlmResource(dg.ConfigurableResource):
-    """litellm when ``model`` is set; otherwise None and callers use their deterministic method."""
+    """litellm when ``llm_model`` is set; otherwise None and callers use their deterministic method."""
 
-    model: str = ""
-    timeout_s: int = 20
+    llm_model: str = ""
+    llm_timeout_s: int = 20
 
     def get(self) -> LlmClient | None:
-        return configured_llm(self.model, self.timeout_s)
+        return configured_llm(self.llm_model, self.llm_timeout_s)
 
 
 class FleetResource(dg.ConfigurableResource):
     """Where metrics come from (``source``), where approved changes are applied (``target``), and how."""
 
-    source: str = "sandbox"  # sandbox | prometheus | nvml
+    metrics_source: str = "sandbox"  # sandbox | prometheus | nvml
     target: str = "sandbox"  # sandbox | aws (next issue)
     seed: int = 42
     prometheus_targets: str = ""  # instance_id=http://host:port/metrics,...
@@ -91,19 +94,36 @@ class FleetResource(dg.ConfigurableResource):
     rollout_soak_s: int = 10  # seconds the executor watches each rollout stage
     recommendation_ttl_h: int = 24  # hours a pending recommendation stays approvable
 
-    def metric_source(self, step_s: int = 1) -> MetricSource:
-        if self.source == "sandbox":
-            return SandboxSource(seed=self.seed, step_s=step_s)
-        if self.source == "prometheus":
-            return PrometheusSource(parse_targets(self.prometheus_targets))
-        if self.source == "nvml":
-            return NvmlSource(self.nvml_instance_id or socket.gethostname())
-        raise ValueError(
-            f"OPTIINFRA_METRICS_SOURCE: unknown source {self.source!r} (sandbox | prometheus | nvml)"
+    def metric_source(self, state: StateStore, step_s: int = 1) -> MetricSource:
+        # The state store keeps what a source needs between runs (a scraper's previous scrape).
+        return open_metric_source(
+            self.metrics_source,
+            state=state,
+            seed=self.seed,
+            step_s=step_s,
+            prometheus_targets=self.prometheus_targets,
+            nvml_instance_id=self.nvml_instance_id,
         )
 
     def fleet_target(self, state: StateStore) -> Target:
         return open_target(self.target, state, self.seed)
+
+
+R = TypeVar("R", bound=dg.ConfigurableResource)
+
+
+def from_env(cls: type[R], **nested: Any) -> R:
+    """``cls`` with each field bound to ``EnvVar("OPTIINFRA_<FIELD>")`` (``EnvVar.int`` for int fields);
+    ``nested`` passes the fields that are resources themselves."""
+    values: dict[str, Any] = {}
+    for name, info in cls.model_fields.items():
+        if name in nested:
+            continue
+        if name not in Settings.model_fields:
+            raise TypeError(f"{cls.__name__}.{name} has no OPTIINFRA_{name.upper()} in config.Settings")
+        var = env_name(name)
+        values[name] = dg.EnvVar.int(var) if info.annotation in (int, "int") else dg.EnvVar(var)
+    return cls(**values, **nested)
 
 
 class WorkflowResource(dg.ConfigurableResource):
@@ -126,4 +146,6 @@ class WorkflowResource(dg.ConfigurableResource):
             llm=self.llm.get(),
             recommendation_ttl=timedelta(hours=self.fleet.recommendation_ttl_h),
             soak_s=self.fleet.rollout_soak_s,
+            # The numbers that shape decisions: defaults, or OPTIINFRA_DECISIONS__* overrides.
+            decisions=Settings.from_env().decisions,
         )

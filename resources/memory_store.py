@@ -19,7 +19,7 @@ import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,10 @@ class MemoryStore(ABC):
     def count(self, kind: str | None = None) -> int:
         """Outcomes remembered, of one kind or of all."""
 
+    @abstractmethod
+    def session(self) -> AbstractContextManager[None]:
+        """Group several operations under one open engine (re-entrant)."""
+
 
 class QdrantMemoryStore(MemoryStore):
     """Qdrant through qdrant-client: a server for ``url``, else local mode on disk at ``path``."""
@@ -96,6 +100,7 @@ class QdrantMemoryStore(MemoryStore):
         self._url = url
         self._path = None if path is None else Path(path).resolve()
         self._server: Any = None
+        self._open: Any = None  # the local client of an open session()
         if url:
             self.display_url = mask_url(url)
             self._server = self._connect_server(url)
@@ -121,12 +126,29 @@ class QdrantMemoryStore(MemoryStore):
         if self._server is not None:
             yield self._server
             return
+        if self._open is not None:  # inside session(): reuse the client it opened
+            yield self._open
+            return
         with _local_lock(self.lock_path):
             client = self._open_local()
             try:
                 yield client
             finally:
                 client.close()
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Group operations under one open client (local mode opens its folder once, not per lookup).
+        Re-entrant; a no-op for a server."""
+        if self._server is not None or self._open is not None:
+            yield
+            return
+        with self._client() as client:
+            self._open = client
+            try:
+                yield
+            finally:
+                self._open = None
 
     def _open_local(self) -> Any:
         from qdrant_client import QdrantClient

@@ -23,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from optiinfra_assets.catalog import default_config
 from optiinfra_assets.models import (
     OPEN_STATUSES,
     Approval,
@@ -30,6 +31,7 @@ from optiinfra_assets.models import (
     Customer,
     Decision,
     Deployment,
+    DeploymentConfig,
     Execution,
     ExecutionStatus,
     Fault,
@@ -71,6 +73,9 @@ deployments = sa.Table(
     sa.Column("engine", sa.String(32), nullable=False),
     sa.Column("kv_cache_dtype", sa.String(16), nullable=False),
     sa.Column("base_requests_per_s", sa.Float, nullable=False),
+    # The whole DeploymentConfig; instance_type and replicas above are kept in step for SQL readers.
+    sa.Column("config", sa.JSON),
+    sa.Column("rollout", sa.JSON),  # {"to": DeploymentConfig, "fraction": f} while a change is under way
 )
 instances = sa.Table(
     "instances",
@@ -83,6 +88,7 @@ instances = sa.Table(
     sa.Column("az", sa.String(32), nullable=False),
     sa.Column("launched_at", TS, nullable=False),
     sa.Column("ended_at", TS),
+    sa.Column("engine", sa.JSON),  # the EngineConfig this instance serves with
 )
 faults = sa.Table(
     "faults",
@@ -150,6 +156,8 @@ outcomes = sa.Table(
     sa.Column("quality_delta_pct", sa.Float, nullable=False),
     sa.Column("features", sa.JSON, nullable=False),
     sa.Column("summary", sa.Text, nullable=False),
+    sa.Column("latency_p95_delta_pct", sa.Float),
+    sa.Column("utilization_delta_pct", sa.Float),
     sa.Column("at", TS, nullable=False),
 )
 audit_log = sa.Table(
@@ -168,6 +176,26 @@ watermarks = sa.Table(
     metadata,
     sa.Column("key", sa.String(200), primary_key=True),
     sa.Column("ts", TS, nullable=False),
+)
+
+# Per-key state a metric source keeps between collections (a scraper's previous scrape, for rates), so
+# that it survives the process: every Dagster run is a new one.
+source_state = sa.Table(
+    "source_state",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+)
+# Instances a source reported that the fleet does not manage (a user's own server): their metrics are
+# stored under them, and they are listed so that a person can adopt them into a deployment.
+observed_instances = sa.Table(
+    "observed_instances",
+    metadata,
+    sa.Column("instance_id", sa.String(200), primary_key=True),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("first_seen", TS, nullable=False),
+    sa.Column("last_seen", TS, nullable=False),
 )
 
 _APPEND_ONLY_SQLITE = [
@@ -192,8 +220,39 @@ def _migration_1(conn: Connection) -> None:
         conn.exec_driver_sql(statement)
 
 
+def _migration_2(conn: Connection) -> None:
+    """Deployment configs, per-instance engine configs, source state and observed instances.
+
+    Migration 1 creates every table of today's metadata on a new database, so each step here checks first.
+    """
+    metadata.create_all(conn, checkfirst=True, tables=[source_state, observed_instances])
+    inspector = sa.inspect(conn)
+    added = (
+        (deployments, "config", "JSON"),
+        (deployments, "rollout", "JSON"),
+        (instances, "engine", "JSON"),
+        (outcomes, "latency_p95_delta_pct", "FLOAT"),
+        (outcomes, "utilization_delta_pct", "FLOAT"),
+    )
+    for table, column, sql_type in added:
+        if column not in {c["name"] for c in inspector.get_columns(table.name)}:
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column} {sql_type}")
+    for row in conn.execute(sa.select(deployments).where(deployments.c.config.is_(None))).mappings():
+        config = default_config(row["instance_type"], row["replicas"])
+        conn.execute(
+            deployments.update()
+            .where(deployments.c.id == row["id"])
+            .values(config=config.model_dump(mode="json"))
+        )
+        conn.execute(
+            instances.update()
+            .where(instances.c.deployment_id == row["id"], instances.c.engine.is_(None))
+            .values(engine=config.engine.model_dump(mode="json"))
+        )
+
+
 # Append new migrations here; never edit an applied one.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _migration_1)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _migration_1), (2, _migration_2)]
 
 
 class RecommendationError(ValueError):
@@ -304,7 +363,29 @@ class StateStore:
         self._upsert(customers, customer.model_dump(mode="json"))
 
     def upsert_deployment(self, deployment: Deployment) -> None:
-        self._upsert(deployments, deployment.model_dump(mode="json"))
+        values = deployment.model_dump(mode="json", exclude={"rollout_to", "rollout_fraction"})
+        config = deployment.config
+        rollout = None
+        if deployment.rollout_to is not None:
+            rollout = {
+                "to": deployment.rollout_to.model_dump(mode="json"),
+                "fraction": deployment.rollout_fraction,
+            }
+        values |= {
+            "instance_type": config.instance_type,
+            "replicas": config.replicas,
+            "kv_cache_dtype": config.engine.kv_cache_dtype.value,
+            "rollout": rollout,
+        }
+        self._upsert(deployments, values)
+
+    @staticmethod
+    def _deployment_from_row(row: sa.RowMapping) -> Deployment:
+        values = dict(row)
+        rollout = values.pop("rollout", None) or {}
+        return Deployment.model_validate(
+            values | {"rollout_to": rollout.get("to"), "rollout_fraction": rollout.get("fraction", 0.0)}
+        )
 
     def _upsert(self, table: sa.Table, values: dict[str, Any]) -> None:
         key = values["id"]
@@ -331,7 +412,7 @@ class StateStore:
         if customer_id is not None:
             query = query.where(deployments.c.customer_id == customer_id)
         with self._begin() as conn:
-            return [Deployment.model_validate(dict(r)) for r in conn.execute(query).mappings()]
+            return [self._deployment_from_row(r) for r in conn.execute(query).mappings()]
 
     def get_deployment(self, deployment_id: str) -> Deployment:
         with self._begin() as conn:
@@ -339,13 +420,16 @@ class StateStore:
             found = row.first()
         if found is None:
             raise KeyError(f"unknown deployment '{deployment_id}'")
-        return Deployment.model_validate(dict(found))
+        return self._deployment_from_row(found)
 
     def add_instances(self, new: Sequence[Instance]) -> None:
         if not new:
             return
         with self._begin() as conn:
-            conn.execute(instances.insert(), [i.model_dump() for i in new])
+            conn.execute(
+                instances.insert(),
+                [i.model_dump() | {"engine": i.engine.model_dump(mode="json")} for i in new],
+            )
 
     def end_instance(self, instance_id: str, state: InstanceState, at: datetime) -> None:
         with self._begin() as conn:
@@ -365,7 +449,12 @@ class StateStore:
             rows = conn.execute(query).mappings()
             return [
                 Instance.model_validate(
-                    {**r, "launched_at": _utc(r["launched_at"]), "ended_at": _utc(r["ended_at"])}
+                    {
+                        **r,
+                        "launched_at": _utc(r["launched_at"]),
+                        "ended_at": _utc(r["ended_at"]),
+                        "engine": r["engine"] or {},
+                    }
                 )
                 for r in rows
             ]
@@ -401,6 +490,44 @@ class StateStore:
                 faults.update().where(faults.c.deployment_id == deployment_id).values(active=False)
             )
             return result.rowcount
+
+    def get_source_state(self, key: str) -> dict[str, Any] | None:
+        """What a metric source kept under ``key`` at its last collection, or None."""
+        with self._begin() as conn:
+            return conn.scalar(sa.select(source_state.c.body).where(source_state.c.key == key))
+
+    def put_source_state(self, key: str, body: dict[str, Any]) -> None:
+        with self._begin() as conn:
+            updated = conn.execute(
+                source_state.update().where(source_state.c.key == key).values(body=body, updated_at=_now())
+            )
+            if updated.rowcount == 0:
+                conn.execute(source_state.insert().values(key=key, body=body, updated_at=_now()))
+
+    def record_observed_instance(self, instance_id: str, source: str, at: datetime) -> bool:
+        """Note an instance a source reported that the fleet does not manage; True the first time."""
+        with self._begin() as conn:
+            updated = conn.execute(
+                observed_instances.update()
+                .where(observed_instances.c.instance_id == instance_id)
+                .values(last_seen=at, source=source)
+            )
+            if updated.rowcount:
+                return False
+            conn.execute(
+                observed_instances.insert().values(
+                    instance_id=instance_id, source=source, first_seen=at, last_seen=at
+                )
+            )
+            return True
+
+    def list_observed_instances(self) -> list[dict[str, Any]]:
+        query = sa.select(observed_instances).order_by(observed_instances.c.instance_id)
+        with self._begin() as conn:
+            return [
+                {**r, "first_seen": _utc(r["first_seen"]), "last_seen": _utc(r["last_seen"])}
+                for r in conn.execute(query).mappings()
+            ]
 
     def get_watermark(self, key: str) -> datetime | None:
         with self._begin() as conn:
@@ -511,7 +638,11 @@ class StateStore:
 
     def expire_recommendations(self, now: datetime) -> list[str]:
         """Mark pending (and blocked) recommendations past their expiry as expired; returns their ids."""
-        undecided = [RecommendationStatus.PENDING, RecommendationStatus.BLOCKED]
+        undecided = [
+            RecommendationStatus.PENDING,
+            RecommendationStatus.BLOCKED,
+            RecommendationStatus.ESCALATED,
+        ]
         with self._begin() as conn:
             expired = list(
                 conn.scalars(
@@ -550,7 +681,12 @@ class StateStore:
         if rec.status == RecommendationStatus.BLOCKED:
             failed = "; ".join(f"{v.agent}: {v.detail}" for v in rec.validations if not v.passed)
             raise NotApprovableError(f"recommendation '{rec_id}' is blocked by validation ({failed})")
-        if rec.status != RecommendationStatus.PENDING:
+        if rec.status == RecommendationStatus.ESCALATED and via == "policy":
+            raise NotApprovableError(
+                f"recommendation '{rec_id}' is escalated to the customer ({rec.status_reason}); "
+                "a written policy cannot decide it, a person must"
+            )
+        if rec.status not in (RecommendationStatus.PENDING, RecommendationStatus.ESCALATED):
             raise AlreadyDecidedError(
                 f"recommendation '{rec_id}' is already {rec.status}"
                 + (f" (by {rec.decided_by} at {rec.decided_at:%Y-%m-%d %H:%M:%S}Z)" if rec.decided_at else "")
@@ -569,7 +705,7 @@ class StateStore:
                     recommendations.update()
                     .where(
                         recommendations.c.id == rec_id,
-                        recommendations.c.status == RecommendationStatus.PENDING,
+                        recommendations.c.status == rec.status,
                     )
                     .values(
                         status=new_status,
@@ -635,32 +771,56 @@ class StateStore:
         return None if row is None else self._approval_from_row(row)
 
     def set_recommendation_status(
-        self, rec_id: str, status: RecommendationStatus, *, expected: Sequence[RecommendationStatus]
+        self,
+        rec_id: str,
+        status: RecommendationStatus,
+        *,
+        expected: Sequence[RecommendationStatus],
+        reason: str | None = None,
     ) -> bool:
-        """Move a recommendation to ``status`` if it is in one of ``expected``; True if it moved."""
+        """Move a recommendation to ``status`` if it is in one of ``expected``; True if it moved.
+        ``reason`` (why, in words) replaces its status_reason."""
         with self._begin() as conn:
             row = conn.execute(
-                sa.select(recommendations.c.kind, recommendations.c.deployment_id).where(
-                    recommendations.c.id == rec_id
-                )
+                sa.select(
+                    recommendations.c.kind, recommendations.c.deployment_id, recommendations.c.body
+                ).where(recommendations.c.id == rec_id)
             ).first()
             if row is None:
                 raise UnknownRecommendationError(f"unknown recommendation '{rec_id}'")
             open_key = f"{row.kind}:{row.deployment_id}" if status in OPEN_STATUSES else None
+            values: dict[str, Any] = {"status": status, "open_key": open_key}
+            if reason is not None:
+                values["body"] = {**row.body, "status": status.value, "status_reason": reason}
             moved = conn.execute(
                 recommendations.update()
                 .where(recommendations.c.id == rec_id, recommendations.c.status.in_(list(expected)))
-                .values(status=status, open_key=open_key)
+                .values(**values)
             ).rowcount
         return moved == 1
+
+    def list_open_recommendations(self, deployment_id: str | None = None) -> list[Recommendation]:
+        """Every open recommendation (pending, blocked, escalated, approved, executing), oldest first."""
+        query = (
+            sa.select(recommendations)
+            .where(recommendations.c.open_key.is_not(None))
+            .order_by(recommendations.c.created_at, recommendations.c.id)
+        )
+        if deployment_id is not None:
+            query = query.where(recommendations.c.deployment_id == deployment_id)
+        with self._begin() as conn:
+            return [self._rec_from_row(r) for r in conn.execute(query).mappings()]
 
     # ---- executions -----------------------------------------------------------------------------
 
     @staticmethod
     def _execution_from_row(row: sa.RowMapping) -> Execution:
+        body = dict(row["body"])
+        if not body.get("before"):  # executions started before configs existed kept a lifecycle snapshot
+            body["before"] = None
         return Execution.model_validate(
             {
-                **row["body"],
+                **body,
                 "recommendation_id": row["recommendation_id"],
                 "status": row["status"],
                 "stage": row["stage"],
@@ -672,7 +832,7 @@ class StateStore:
         )
 
     def start_execution(
-        self, rec_id: str, run_id: str | None, before: dict[str, Any], now: datetime
+        self, rec_id: str, run_id: str | None, before: DeploymentConfig, now: datetime
     ) -> Execution:
         """Create the execution of a recommendation, or return the existing one (a resumed run)."""
         execution = Execution(
@@ -743,6 +903,11 @@ class StateStore:
             if exists is None:
                 conn.execute(outcomes.insert().values(**outcome.model_dump(mode="python")))
 
+    @staticmethod
+    def _outcome_from_row(row: sa.RowMapping) -> Outcome:
+        values = {k: v for k, v in row.items() if v is not None}  # rows older than a column read its default
+        return Outcome.model_validate(values | {"at": _utc(row["at"])})
+
     def get_outcome(self, rec_id: str) -> Outcome | None:
         with self._begin() as conn:
             row = (
@@ -750,16 +915,14 @@ class StateStore:
                 .mappings()
                 .first()
             )
-        return None if row is None else Outcome.model_validate({**row, "at": _utc(row["at"])})
+        return None if row is None else self._outcome_from_row(row)
 
     def list_outcomes(self, kind: str | None = None) -> list[Outcome]:
         query = sa.select(outcomes).order_by(outcomes.c.at)
         if kind is not None:
             query = query.where(outcomes.c.kind == kind)
         with self._begin() as conn:
-            return [
-                Outcome.model_validate({**r, "at": _utc(r["at"])}) for r in conn.execute(query).mappings()
-            ]
+            return [self._outcome_from_row(r) for r in conn.execute(query).mappings()]
 
     @staticmethod
     def _audit(

@@ -1,5 +1,9 @@
 """Where approved changes are applied. The sandbox target changes the fleet kept in the StateStore.
 
+A change is a desired :class:`DeploymentConfig`; a stage applies a fraction of the way to it. Instances are
+grouped in pools of interchangeable ones (instance type, lifecycle, engine config), so one mechanism moves
+replicas to spot, swaps their hardware or rolls a new engine config out to a canary.
+
 Every operation states a desired state and is idempotent: applying it twice changes nothing the second
 time, so an executor that crashed half-way can simply apply again. Changes are make-before-break: new
 instances are launched before the ones they replace are released.
@@ -7,34 +11,80 @@ instances are launched before the ones they replace are released.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from optiinfra_assets.catalog import instance_type
-from optiinfra_assets.models import Instance, InstanceState, Lifecycle
+from optiinfra_assets.models import DeploymentConfig, EngineConfig, Instance, InstanceState, Lifecycle
 from optiinfra_assets.sandbox import new_instance_id, observe, pick_az
 from resources.state_store import StateStore
 
 ACTOR = "target:sandbox"
 
 
+Pool = tuple[str, Lifecycle, EngineConfig]  # (instance type, lifecycle, engine): interchangeable instances
+
+
+def pools(config: DeploymentConfig) -> dict[Pool, int]:
+    """The instances a config asks for, by pool (pools with no replica left out)."""
+    out = {
+        (config.instance_type, lc, config.engine): config.replicas_on(lc)
+        for lc in (Lifecycle.ON_DEMAND, Lifecycle.SPOT)
+    }
+    return {pool: n for pool, n in out.items() if n > 0}
+
+
+def stage_pools(base: DeploymentConfig, desired: DeploymentConfig, fraction: float) -> dict[Pool, int]:
+    """Instances per pool ``fraction`` of the way from ``base`` to ``desired``.
+
+    Each pool moves by ceil(fraction x its change), so 10% of a change moves at least one instance, growing
+    pools are filled as fast as shrinking ones are drained (the replica count holds for a like-for-like
+    swap), and fraction 1 is exactly ``desired``.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction: expected 0..1, got {fraction}")
+    have, want = pools(base), pools(desired)
+    out: dict[Pool, int] = {}
+    for pool in {**have, **want}:
+        b, d = have.get(pool, 0), want.get(pool, 0)
+        step = math.ceil(abs(d - b) * fraction - 1e-9)
+        n = b + step if d >= b else b - step
+        if n > 0:
+            out[pool] = n
+    return out
+
+
+def _check_prices(want: dict[Pool, int]) -> None:
+    """Refuse, before anything is launched, a pool on a lifecycle its type has no price for (no spot market)."""
+    for itype_name, lifecycle, _ in want:
+        instance_type(itype_name).price_usd_hour(lifecycle)
+
+
 class Target(Protocol):
+    """Where approved changes are applied. Every operation states a desired state and is idempotent."""
+
     name: str
 
-    def snapshot(self, deployment_id: str) -> dict[str, Any]: ...
+    def current(self, deployment_id: str) -> DeploymentConfig:
+        """The config the deployment runs as (before any change under way)."""
+        ...
 
-    def set_lifecycle_count(self, deployment_id: str, lifecycle: Lifecycle, count: int) -> list[str]: ...
+    def apply(self, deployment_id: str, desired: DeploymentConfig, fraction: float) -> list[str]:
+        """Move ``fraction`` of the way from the current config to ``desired`` (1.0: all of it, after which
+        ``desired`` is the current config). Make-before-break; returns what was done."""
+        ...
 
-    def restore(self, deployment_id: str, snapshot: dict[str, Any]) -> list[str]: ...
+    def rollback(self, deployment_id: str, to: DeploymentConfig) -> list[str]:
+        """Back to ``to`` whatever was applied since; returns what was done."""
+        ...
 
-    def heal(self, deployment_id: str) -> list[str]: ...
+    def heal(self, deployment_id: str) -> list[str]:
+        """Replace capacity lost outside our control (a spot reclaim) to the deployment's desired state."""
+        ...
 
     def observe(self, deployment_id: str, seconds: int) -> dict[str, float]: ...
-
-
-def _other(lifecycle: Lifecycle) -> Lifecycle:
-    return Lifecycle.ON_DEMAND if lifecycle == Lifecycle.SPOT else Lifecycle.SPOT
 
 
 class SandboxTarget:
@@ -49,19 +99,8 @@ class SandboxTarget:
 
     # ---- reading -------------------------------------------------------------------------------
 
-    def snapshot(self, deployment_id: str) -> dict[str, Any]:
-        deployment = self.state.get_deployment(deployment_id)
-        running = self.state.list_instances(deployment_id)
-        counts = {str(lc): sum(i.lifecycle == lc for i in running) for lc in Lifecycle}
-        return {
-            "deployment_id": deployment_id,
-            "replicas": deployment.replicas,
-            "lifecycle_counts": counts,
-            "instances": [
-                {"id": i.id, "lifecycle": str(i.lifecycle), "state": str(i.state)} for i in running
-            ],
-            "taken_at": self.clock().isoformat(),
-        }
+    def current(self, deployment_id: str) -> DeploymentConfig:
+        return self.state.get_deployment(deployment_id).config
 
     def observe(self, deployment_id: str, seconds: int) -> dict[str, float]:
         return observe(
@@ -77,12 +116,11 @@ class SandboxTarget:
 
     # ---- changing ------------------------------------------------------------------------------
 
-    def _launch(self, deployment_id: str, lifecycle: Lifecycle, n: int) -> list[str]:
+    def _launch(self, deployment_id: str, pool: Pool, n: int) -> list[str]:
         if n <= 0:
             return []
-        deployment = self.state.get_deployment(deployment_id)
-        itype = instance_type(deployment.instance_type)
-        itype.price_usd_hour(lifecycle)  # refuses a lifecycle the type has no price for, before launching
+        itype_name, lifecycle, engine = pool
+        itype = instance_type(itype_name)
         taken = {i.id for i in self.state.list_instances(deployment_id, include_ended=True)}
         now, new, k = self.clock(), [], len(taken)
         while len(new) < n:
@@ -96,6 +134,7 @@ class SandboxTarget:
                     deployment_id=deployment_id,
                     instance_type=itype.name,
                     lifecycle=lifecycle,
+                    engine=engine,
                     az=pick_az(self.seed, iid),
                     launched_at=now,
                 )
@@ -106,6 +145,7 @@ class SandboxTarget:
                 "deployment_id": deployment_id,
                 "lifecycle": str(lifecycle),
                 "instance_type": itype.name,
+                "engine": engine.model_dump(mode="json"),
             }
             self.state.audit(ACTOR, "launch_instance", "instance", inst.id, detail)
         return [f"launched {i.id} ({itype.name}, {lifecycle}) for {deployment_id}" for i in new]
@@ -120,57 +160,68 @@ class SandboxTarget:
             actions.append(f"released {inst.id} ({inst.lifecycle}) of {inst.deployment_id}")
         return actions
 
-    def set_lifecycle_count(self, deployment_id: str, lifecycle: Lifecycle, count: int) -> list[str]:
-        """Afterwards exactly `count` running replicas are on `lifecycle` and the rest, up to the
-        deployment's `replicas`, on the other lifecycle."""
-        deployment = self.state.get_deployment(deployment_id)
-        if not 0 <= count <= deployment.replicas:
-            raise ValueError(
-                f"{deployment_id} has {deployment.replicas} replicas; cannot put {count} on {lifecycle}"
-            )
-        want = {lifecycle: count, _other(lifecycle): deployment.replicas - count}
+    def _converge(self, deployment_id: str, want: dict[Pool, int], *, release: bool = True) -> list[str]:
+        """Launch what each pool lacks, then (make before break) release surplus, newest first."""
         running = self.state.list_instances(deployment_id)
-        have = {lc: [i for i in running if i.lifecycle == lc] for lc in Lifecycle}
+        have: dict[Pool, list[Instance]] = {}
+        for inst in running:
+            have.setdefault((inst.instance_type, inst.lifecycle, inst.engine), []).append(inst)
         actions: list[str] = []
-        for lc in (lifecycle, _other(lifecycle)):  # make ...
-            actions += self._launch(deployment_id, lc, want[lc] - len(have[lc]))
-        for lc in (_other(lifecycle), lifecycle):  # ... before break; the newest go first
-            surplus = len(have[lc]) - want[lc]
-            if surplus > 0:
-                actions += self._release(have[lc][::-1][:surplus])
-        if actions:
-            detail = {"lifecycle": str(lifecycle), "count": count, "actions": actions}
-            self.state.audit(ACTOR, "set_lifecycle_count", "deployment", deployment_id, detail)
+        for pool, n in want.items():
+            actions += self._launch(deployment_id, pool, n - len(have.get(pool, [])))
+        if release:
+            for pool, instances in have.items():
+                surplus = len(instances) - want.get(pool, 0)
+                if surplus > 0:
+                    actions += self._release(instances[::-1][:surplus])
         return actions
 
-    def restore(self, deployment_id: str, snapshot: dict[str, Any]) -> list[str]:
-        """Back to the snapshot's lifecycle mix (the instances themselves may be new ones)."""
-        spot = int(snapshot["lifecycle_counts"].get(str(Lifecycle.SPOT), 0))
-        actions = self.set_lifecycle_count(deployment_id, Lifecycle.SPOT, spot)
+    def apply(self, deployment_id: str, desired: DeploymentConfig, fraction: float) -> list[str]:
+        deployment = self.state.get_deployment(deployment_id)
+        changes = deployment.config.changes(desired)
+        want = stage_pools(deployment.config, desired, fraction)
+        _check_prices(want)
+        actions = self._converge(deployment_id, want)
+        if fraction >= 1.0:
+            deployment = deployment.model_copy(
+                update={"config": desired, "rollout_to": None, "rollout_fraction": 0.0}
+            )
+        else:
+            deployment = deployment.model_copy(update={"rollout_to": desired, "rollout_fraction": fraction})
+        self.state.upsert_deployment(deployment)
+        if actions:
+            detail = {"fraction": fraction, "changes": changes, "actions": actions}
+            self.state.audit(ACTOR, "apply", "deployment", deployment_id, detail)
+        return actions
+
+    def rollback(self, deployment_id: str, to: DeploymentConfig) -> list[str]:
+        deployment = self.state.get_deployment(deployment_id)
+        _check_prices(pools(to))
+        actions = self._converge(deployment_id, pools(to))
+        self.state.upsert_deployment(
+            deployment.model_copy(update={"config": to, "rollout_to": None, "rollout_fraction": 0.0})
+        )
         if actions:
             self.state.audit(
-                ACTOR, "restore", "deployment", deployment_id, {"to": snapshot["lifecycle_counts"]}
+                ACTOR,
+                "rollback",
+                "deployment",
+                deployment_id,
+                {"to": to.model_dump(mode="json"), "actions": actions},
             )
         return actions
 
     def heal(self, deployment_id: str) -> list[str]:
-        """Replace interrupted instances, each with its own lifecycle, until `replicas` are running."""
+        """Re-launch what the deployment's desired state (its config, or the blend of a change under way)
+        lacks; never releases, so healing cannot disturb a stage in flight."""
         deployment = self.state.get_deployment(deployment_id)
-        missing = deployment.replicas - len(self.state.list_instances(deployment_id))
-        if missing <= 0:
-            return []
-        lost = [
-            i
-            for i in self.state.list_instances(deployment_id, include_ended=True)
-            if i.state == InstanceState.INTERRUPTED
-        ]
-        lost.sort(key=lambda i: i.ended_at or i.launched_at, reverse=True)
-        lifecycles = [i.lifecycle for i in lost[:missing]]
-        lifecycles += [Lifecycle.ON_DEMAND] * (missing - len(lifecycles))
-        actions: list[str] = []
-        for lc in Lifecycle:
-            actions += self._launch(deployment_id, lc, lifecycles.count(lc))
-        self.state.audit(ACTOR, "heal", "deployment", deployment_id, {"actions": actions})
+        if deployment.rollout_to is not None:
+            want = stage_pools(deployment.config, deployment.rollout_to, deployment.rollout_fraction)
+        else:
+            want = pools(deployment.config)
+        actions = self._converge(deployment_id, want, release=False)
+        if actions:
+            self.state.audit(ACTOR, "heal", "deployment", deployment_id, {"actions": actions})
         return actions
 
 

@@ -1,14 +1,11 @@
-"""Keeping the graph fresh without a click: metrics every 30 s, the first analysis as soon as metrics
-exist, then analysis on a schedule."""
+"""Collecting metrics every 30 s, faster than a cron can say. The analysis refreshes itself through the
+automation conditions declared on its assets, evaluated by ``automation_sensor``."""
 
 import time
 
 import dagster as dg
 
-from optiinfra_assets.assets.metrics import RAW_METRIC_SPECS
-from optiinfra_assets.assets.recommendations import spot_migration_recommendations
-from optiinfra_assets.jobs import analysis_refresh_job, metrics_refresh_job
-from optiinfra_assets.metrics import Domain
+from optiinfra_assets.jobs import metrics_refresh_job
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -34,26 +31,12 @@ def metrics_refresh_sensor(context: dg.SensorEvaluationContext) -> dg.RunRequest
     return dg.RunRequest(run_key=f"metrics-{int(time.time() // 30)}")
 
 
-@dg.sensor(
-    job=analysis_refresh_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING
-)
-def analysis_refresh_sensor(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-    """Run the first analysis as soon as metrics exist; after that analysis_refresh_schedule owns it."""
-    instance = context.instance
-    if instance.get_latest_materialization_event(RAW_METRIC_SPECS[Domain.PERFORMANCE].key) is None:
-        return dg.SkipReason("waiting for the first metrics")
-    if instance.get_latest_materialization_event(spot_migration_recommendations.key) is not None:
-        return dg.SkipReason("bootstrapped; analysis_refresh_schedule keeps the analysis fresh")
-    if job_in_flight(instance, analysis_refresh_job.name):
-        return dg.SkipReason("the first analysis is running")
-    # A new key every 5 minutes: a failed bootstrap is retried, a running one is not doubled.
-    return dg.RunRequest(run_key=f"analysis-bootstrap-{int(time.time() // 300)}")
-
-
-analysis_refresh_schedule = dg.ScheduleDefinition(
-    name="analysis_refresh_schedule",
-    job=analysis_refresh_job,
-    cron_schedule="*/15 * * * *",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Baselines, agent health and recommendations every 15 minutes.",
+# Baselines, recommendations, findings and the agent registry declare when they refresh; this evaluates it.
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "automation_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Evaluates the automation conditions on the analysis assets (every 15 minutes, and at "
+    "once when their inputs first exist).",
 )

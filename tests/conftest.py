@@ -59,3 +59,7 @@ def state(state_url: str) -> Iterator[StateStore]:
     store.migrate()
     yield store
     store.dispose()
+
+
+# The sandbox with history (svc, clock) for workflow-level tests.
+from workflow_fixtures import clock, svc  # noqa: E402, F401

@@ -7,16 +7,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from factories import deployment
 
-from optiinfra_assets.agents.baselines import BaselineStat
-from optiinfra_assets.agents.cost import (
-    SpotAnalysis,
+from optiinfra_assets.agents.capability import Proposal, Skip, risk_level
+from optiinfra_assets.agents.cost.spot_migration import (
+    SpotMigration,
+    SpotMigrationEvidence,
     analyze_spot_migration,
-    risk_level,
-    spot_migration_recommendation,
     spot_risk_score,
     spot_scenario_features,
 )
 from optiinfra_assets.catalog import instance_type
+from optiinfra_assets.config import DecisionSettings
 from optiinfra_assets.models import (
     Customer,
     Deployment,
@@ -25,6 +25,7 @@ from optiinfra_assets.models import (
     Lifecycle,
     Risk,
 )
+from optiinfra_assets.snapshot import BaselineStat, FleetSnapshot
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 P95_BASELINE = BaselineStat(median=9000.0, mad=300.0, p05=8200.0, p95=10500.0, n=5000)
@@ -57,7 +58,7 @@ def on_demand(dep: Deployment) -> list[Instance]:
     return instances(dep, [Lifecycle.ON_DEMAND] * dep.replicas)
 
 
-def good_candidate() -> SpotAnalysis:
+def good_candidate() -> SpotMigrationEvidence:
     dep = deployment()
     return analyze_spot_migration(customer(), dep, on_demand(dep), P95_BASELINE)
 
@@ -112,7 +113,16 @@ def test_customer_disallowing_spot_gets_no_recommendation() -> None:
     analysis = analyze_spot_migration(customer(allow_spot=False), dep, on_demand(dep), P95_BASELINE)
     assert not analysis.eligible
     assert any("customer preference" in r and "does not allow spot" in r for r in analysis.reasons)
-    assert spot_migration_recommendation(analysis, NOW, timedelta(hours=24)) is None
+    assert _analyze(customer(allow_spot=False), dep) == []
+
+
+def _analyze(cust: Customer, dep: Deployment) -> list[Proposal]:
+    """What the capability proposes for a one-deployment fleet (skips left out)."""
+    snapshot = FleetSnapshot(customers=[cust], deployments=[dep], instances=on_demand(dep))
+    snapshot.baselines = {dep.id: {"latency_p95_ms": P95_BASELINE}}
+    items = list(SpotMigration().analyze(snapshot, DecisionSettings()))
+    assert all(isinstance(i, Proposal | Skip) for i in items)
+    return [i for i in items if isinstance(i, Proposal)]
 
 
 def test_savings_below_customer_minimum_gets_no_recommendation() -> None:
@@ -122,7 +132,7 @@ def test_savings_below_customer_minimum_gets_no_recommendation() -> None:
     )
     assert not analysis.eligible
     assert any("$417/month" in r and "$1,000/month" in r for r in analysis.reasons)
-    assert spot_migration_recommendation(analysis, NOW, timedelta(hours=24)) is None
+    assert _analyze(customer(min_monthly_savings_usd=1000.0), dep) == []
 
 
 def test_type_without_spot_market_is_not_eligible() -> None:
@@ -164,23 +174,21 @@ def test_no_instances_reported_assumes_deployment_replicas_on_demand() -> None:
     assert any("assuming all 4 on-demand" in r for r in analysis.reasons)
 
 
-def test_recommendation_carries_action_evidence_and_dollar_summary() -> None:
+def test_proposal_moves_every_on_demand_replica_to_spot_with_typed_evidence() -> None:
     analysis = good_candidate()
-    ttl = timedelta(hours=24)
-    rec = spot_migration_recommendation(analysis, NOW, ttl)
-    assert rec is not None
-    assert rec.kind == "spot_migration"
-    assert rec.id.startswith("rec-")
-    assert rec.expires_at == NOW + ttl
-    assert rec.action["kind"] == "spot_migration"
-    assert rec.action["to_lifecycle"] == "spot"
-    assert rec.action["replicas"] == 4
-    assert rec.action["stages"] == [10, 50, 100]
-    assert rec.evidence == analysis.model_dump(mode="json")
-    assert f"${analysis.estimated_monthly_savings_usd:,.0f}/month" in rec.summary
-    assert rec.risk == analysis.risk and rec.risk_score == analysis.risk_score
-    other = spot_migration_recommendation(analysis, NOW, ttl)
-    assert other is not None and other.id != rec.id
+    (proposal,) = _analyze(customer(), deployment())
+    assert proposal.kind == "spot_migration"
+    assert (proposal.current.on_demand_replicas, proposal.current.spot_replicas) == (4, 0)
+    assert (proposal.desired.on_demand_replicas, proposal.desired.spot_replicas) == (0, 4)
+    assert proposal.current.changes(proposal.desired) == {
+        "on_demand_replicas": (4, 0),
+        "spot_replicas": (0, 4),
+    }
+    assert isinstance(proposal.evidence, SpotMigrationEvidence)
+    assert proposal.evidence == analysis
+    assert proposal.estimate.monthly_savings_usd == analysis.estimated_monthly_savings_usd
+    assert f"${analysis.estimated_monthly_savings_usd:,.0f}/month" in proposal.summary
+    assert proposal.risk_score == analysis.risk_score
 
 
 def test_scenario_features_have_fixed_keys_in_unit_range() -> None:
@@ -197,7 +205,8 @@ def test_scenario_features_have_fixed_keys_in_unit_range() -> None:
 
 
 def test_risk_level_thresholds() -> None:
-    assert risk_level(0.0) == Risk.LOW
-    assert risk_level(0.329) == Risk.LOW
-    assert risk_level(0.33) == Risk.MEDIUM
-    assert risk_level(0.66) == Risk.HIGH
+    settings = DecisionSettings()
+    assert risk_level(0.0, settings) == Risk.LOW
+    assert risk_level(0.329, settings) == Risk.LOW
+    assert risk_level(0.33, settings) == Risk.MEDIUM
+    assert risk_level(0.66, settings) == Risk.HIGH

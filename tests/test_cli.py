@@ -12,12 +12,14 @@ import pytest
 from optiinfra_assets.cli import main
 from optiinfra_assets.models import (
     Decision,
+    Estimate,
     FaultKind,
     InstanceState,
     Lifecycle,
     Recommendation,
     RecommendationStatus,
     Risk,
+    UnregisteredEvidence,
 )
 from optiinfra_assets.workflow import ensure_sandbox_fleet
 from resources.state_store import StateStore
@@ -36,18 +38,24 @@ def cli_state(tmp_path: Path, state_url: str, monkeypatch: pytest.MonkeyPatch) -
         ("rec-live", "acme-chat-8b", now + timedelta(hours=24)),
         ("rec-old", "globex-rag-qwen", now - timedelta(minutes=1)),
     ]:
+        dep = state.get_deployment(deployment)
         state.add_recommendation(
             Recommendation(
                 id=rec_id,
                 kind="spot_migration",
-                customer_id=state.get_deployment(deployment).customer_id,
+                customer_id=dep.customer_id,
                 deployment_id=deployment,
                 created_at=now - timedelta(hours=1),
                 expires_at=expires,
-                estimated_monthly_savings_usd=3151.85,
+                current=dep.config,
+                desired=dep.config.model_copy(
+                    update={"on_demand_replicas": 0, "spot_replicas": dep.replicas}
+                ),
+                estimate=Estimate(monthly_savings_usd=3151.85),
                 risk=Risk.LOW,
                 risk_score=0.2,
                 summary="move to spot",
+                evidence=UnregisteredEvidence(kind="cli_test"),
             )
         )
     return state
@@ -67,6 +75,24 @@ def test_recommendations_json(cli_state: StateStore, capsys: pytest.CaptureFixtu
     live = next(r for r in recs if r["id"] == "rec-live")
     assert live["kind"] == "spot_migration" and live["status"] == "pending" and live["customer"] == "acme"
     assert live["estimated_monthly_savings_usd"] == 3151.85 and live["risk"] == "low"
+    assert set(live["changes"]) == {"on_demand_replicas", "spot_replicas"}
+    assert live["changes"]["spot_replicas"] == {"from": 0, "to": 4}
+
+
+def test_capabilities_json_lists_every_capability_and_detector(
+    cli_state: StateStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from optiinfra_assets.agents import CAPABILITIES, DETECTORS
+
+    code, out, _ = run(capsys, "capabilities", "--json")
+    assert code == 0
+    rows = {r["kind"]: r for r in json.loads(out)}
+    assert set(rows) == {c.kind for c in CAPABILITIES} | {d.name for d in DETECTORS}
+    spot = rows["spot_migration"]
+    assert spot["agent"] == "cost" and spot["objective"] == "cost" and spot["type"] == "capability"
+    assert spot["asset_keys"] == ["spot_migration_recommendations"]
+    assert spot["recommendations"] == {"pending": 2}
+    assert "last_run" in spot
 
 
 def test_approve_once_then_refuse(cli_state: StateStore, capsys: pytest.CaptureFixture[str]) -> None:
@@ -100,7 +126,8 @@ def test_expired_and_bad_input_change_nothing(
 def test_executions_json(cli_state: StateStore, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "executions", "--json")[1].strip() == "[]"
     run(capsys, "approve", "rec-live", "--by", "alice")
-    execution = cli_state.start_execution("rec-live", "run-1", {}, datetime.now(UTC))
+    before = cli_state.get_deployment("acme-chat-8b").config
+    execution = cli_state.start_execution("rec-live", "run-1", before, datetime.now(UTC))
     execution.stage = 10
     cli_state.save_execution(execution)
     code, out, _ = run(capsys, "executions", "--json")

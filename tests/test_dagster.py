@@ -11,10 +11,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from optiinfra_assets import definitions
+from optiinfra_assets.assets.analysis import agent_analysis
 from optiinfra_assets.assets.baselines import BASELINE_ASSETS
 from optiinfra_assets.assets.executions import change_executions
 from optiinfra_assets.assets.metrics import METRIC_CHECKS, fleet_inventory, raw_metrics
-from optiinfra_assets.assets.recommendations import spot_migration_recommendations
 from optiinfra_assets.assets.registry import agent_registry
 from optiinfra_assets.jobs import approve_recommendation_job
 from optiinfra_assets.models import (
@@ -27,37 +28,52 @@ from optiinfra_assets.models import (
 from optiinfra_assets.partitions import recommendation_partitions
 from resources.dagster_resources import (
     FleetResource,
-    LlmResource,
-    MemoryStoreResource,
-    MetricStoreResource,
     StateStoreResource,
-    WorkflowResource,
 )
+from resources.state_store import StateStore
 from sensors.approvals import approval_sensor, execution_failure_sensor
-from sensors.refresh import analysis_refresh_sensor, metrics_refresh_sensor
+from sensors.refresh import metrics_refresh_sensor
 
-ANALYSIS = [*BASELINE_ASSETS.values(), agent_registry, spot_migration_recommendations]
+ANALYSIS = [*BASELINE_ASSETS.values(), agent_registry, agent_analysis]
+GRAPH = [fleet_inventory, raw_metrics, *ANALYSIS, change_executions]
+
+
+class Automation:
+    """The declared automation conditions evaluated tick after tick, as automation_sensor does."""
+
+    def __init__(self, resources: dict[str, object]) -> None:
+        self.defs = dg.Definitions(assets=GRAPH, resources=resources)
+        self.cursor = None
+
+    def requested(self, instance: dg.DagsterInstance) -> set[str]:
+        result = dg.evaluate_automation_conditions(defs=self.defs, instance=instance, cursor=self.cursor)
+        self.cursor = result.cursor
+        return {r.key.to_user_string() for r in result.results if r.true_subset.size}
 
 
 @pytest.fixture
-def resources(tmp_path: Path, state_url: str) -> dict[str, object]:
-    home = str(tmp_path / "home")
-    state_store = StateStoreResource(home=home, database_url=state_url)
-    metric_store = MetricStoreResource(home=home)
-    # Two days of history at a 2-minute step keep the test quick; the physics are the same.
-    fleet = FleetResource(seed=7, backfill_days=2, backfill_step_s=120, rollout_soak_s=0)
-    return {
-        "state_store": state_store,
-        "metric_store": metric_store,
-        "fleet": fleet,
-        "workflow": WorkflowResource(
-            state_store=state_store,
-            metric_store=metric_store,
-            memory_store=MemoryStoreResource(home=home),
-            llm=LlmResource(),
-            fleet=fleet,
-        ),
+def resources(tmp_path: Path, state_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """The definitions' own resource mapping, pointed at this test's stores through the OPTIINFRA_*
+    variables it binds (two days of history at a 2-minute step keep the test quick)."""
+    env = {
+        "OPTIINFRA_HOME": str(tmp_path / "home"),
+        "OPTIINFRA_DATABASE_URL": state_url,
+        "OPTIINFRA_SEED": "7",
+        "OPTIINFRA_BACKFILL_DAYS": "2",
+        "OPTIINFRA_BACKFILL_STEP_S": "120",
+        "OPTIINFRA_ROLLOUT_SOAK_S": "0",
     }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return definitions.resources()
+
+
+@pytest.fixture
+def state(state_url: str) -> StateStore:
+    """The same relational store, opened directly to inspect what the graph did."""
+    store = StateStore(state_url)
+    store.migrate()
+    return store
 
 
 def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object]:
@@ -93,11 +109,14 @@ def _launch(
 
 
 @pytest.mark.slow
-def test_graph_recommends_executes_and_rolls_back(resources: dict[str, object]) -> None:
-    state = resources["state_store"].get()  # type: ignore[attr-defined]
+def test_graph_recommends_executes_and_rolls_back(resources: dict[str, object], state: StateStore) -> None:
     with dg.instance_for_test() as instance:
-        # No metrics yet: the analysis bootstrap waits; the metrics sensor asks for a run.
-        assert isinstance(analysis_refresh_sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
+        # No metrics yet: automation does not start the analysis; the metrics sensor asks for a run.
+        automation = Automation(resources)
+        assert not automation.requested(instance) & {
+            "performance_baselines",
+            "spot_migration_recommendations",
+        }
         assert isinstance(metrics_refresh_sensor(dg.build_sensor_context(instance=instance)), dg.RunRequest)
 
         collected = dg.materialize(
@@ -110,7 +129,8 @@ def test_graph_recommends_executes_and_rolls_back(resources: dict[str, object]) 
         checks = collected.get_asset_check_evaluations()
         assert checks and all(c.passed for c in checks), [c.description for c in checks if not c.passed]
 
-        assert isinstance(analysis_refresh_sensor(dg.build_sensor_context(instance=instance)), dg.RunRequest)
+        # Metrics exist: automation asks for the baselines at once (they are missing), not waiting for cron.
+        assert "performance_baselines" in automation.requested(instance)
         analysed = dg.materialize(ANALYSIS, resources=resources, instance=instance)
         assert analysed.success
         assert _metadata(analysed, "quality_baselines")["baseline_rows"] > 0
@@ -122,6 +142,10 @@ def test_graph_recommends_executes_and_rolls_back(resources: dict[str, object]) 
         pending = state.list_recommendations(status="pending", kind="spot_migration")
         partitions = instance.get_dynamic_partitions(recommendation_partitions.name)
         assert {r.id for r in pending} <= set(partitions)
+        every = state.list_recommendations()
+        assert any(r.deployment_id == "acme-chat-8b" for r in pending), [
+            (r.deployment_id, r.status, r.status_reason) for r in every
+        ]
         first = next(r for r in pending if r.deployment_id == "acme-chat-8b")
         assert {v.agent for v in first.validations} == {"performance", "resource", "application"}
         assert first.risk_assessment is not None and "deterministic" in first.risk_assessment.method
@@ -166,8 +190,9 @@ def test_graph_recommends_executes_and_rolls_back(resources: dict[str, object]) 
         assert all(i.lifecycle is Lifecycle.ON_DEMAND for i in after) and len(after) == len(before)
 
 
-def test_executor_refuses_an_unapproved_change_and_failure_is_recorded(resources: dict[str, object]) -> None:
-    state = resources["state_store"].get()  # type: ignore[attr-defined]
+def test_executor_refuses_an_unapproved_change_and_failure_is_recorded(
+    resources: dict[str, object], state: StateStore
+) -> None:
     with dg.instance_for_test() as instance:
         assert dg.materialize([fleet_inventory, raw_metrics], resources=resources, instance=instance).success
         assert dg.materialize(ANALYSIS, resources=resources, instance=instance).success
@@ -235,7 +260,7 @@ def test_definitions_load_the_way_make_run_does(tmp_path: Path) -> None:
     repo = defs.get_repository_def()
     assert {s.name for s in repo.sensor_defs} == {
         "metrics_refresh_sensor",
-        "analysis_refresh_sensor",
+        "automation_sensor",
         "approval_sensor",
         "execution_failure_sensor",
     }

@@ -8,7 +8,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from optiinfra_assets.agents.risk import LlmRiskAnswer, assess_risk
-from optiinfra_assets.models import Recommendation, Risk, SimilarOutcome, Validation
+from optiinfra_assets.catalog import default_config
+from optiinfra_assets.models import (
+    Estimate,
+    Recommendation,
+    Risk,
+    SimilarOutcome,
+    UnregisteredEvidence,
+    Validation,
+)
 from resources.llm import LlmClient, LlmError, configured_llm
 from resources.llm import parse_json_answer as parse
 
@@ -24,11 +32,15 @@ def rec(score: float = 0.3) -> Recommendation:
         deployment_id="dep-1",
         created_at=NOW,
         expires_at=NOW + timedelta(hours=24),
-        estimated_monthly_savings_usd=52_954.0,
+        current=default_config("p4de.24xlarge", 4),
+        desired=default_config("p4de.24xlarge", 4).model_copy(
+            update={"on_demand_replicas": 0, "spot_replicas": 4}
+        ),
+        estimate=Estimate(monthly_savings_usd=52_954.0),
         risk=Risk.LOW,
         risk_score=score,
         summary="Move 4 on-demand p4de.24xlarge replicas to spot to save $52,954/month.",
-        evidence={"interruption_band": "<5%", "replicas": 4},
+        evidence=UnregisteredEvidence(kind="spot_migration", interruption_band="<5%", replicas=4),
         validations=[Validation(agent="performance", passed=True, detail="p95 within SLO")],
     )
 

@@ -9,23 +9,21 @@ from pathlib import Path
 import pytest
 
 from optiinfra_assets import sandbox
-from optiinfra_assets.agents.baselines import BaselineStat
-from optiinfra_assets.agents.cost import analyze_spot_migration, spot_migration_recommendation
-from optiinfra_assets.agents.rollout import (
-    NotApprovedError,
-    RolloutContext,
-    UnknownActionError,
-    execute,
-    moved_at,
-)
+from optiinfra_assets.agents import CAPABILITIES
+from optiinfra_assets.agents.capability import Proposal, risk_level
+from optiinfra_assets.agents.cost.spot_migration import SpotMigration, SpotMigrationEvidence
+from optiinfra_assets.agents.rollout import NotApprovedError, RolloutContext, execute
 from optiinfra_assets.catalog import instance_type
+from optiinfra_assets.config import DecisionSettings
 from optiinfra_assets.models import (
     ExecutionStatus,
     Fault,
     FaultKind,
     Lifecycle,
+    Recommendation,
     RecommendationStatus,
 )
+from optiinfra_assets.snapshot import BaselineStat, FleetSnapshot
 from resources.memory_store import QdrantMemoryStore
 from resources.state_store import StateStore
 from resources.targets import SandboxTarget, interrupt_spot_instance
@@ -82,8 +80,8 @@ def make_context(state, target, memory, clock, **overrides) -> RolloutContext:
     settings = {
         "state": state,
         "target": target,
-        "quality_baseline": QUALITY,
-        "latency_baseline": _latency_baseline(target),
+        "baselines": {"quality_score": QUALITY, "latency_p95_ms": _latency_baseline(target)},
+        "capabilities": CAPABILITIES,
         "memory": memory,
         "soak_s": 30.0,
         "observe_s": 60,
@@ -93,25 +91,62 @@ def make_context(state, target, memory, clock, **overrides) -> RolloutContext:
     return RolloutContext(**(settings | overrides))
 
 
+def spot_proposal(state: StateStore) -> Proposal:
+    """The spot capability's proposal for DEP, on the fleet as the state store has it."""
+    snapshot = FleetSnapshot(
+        customers=state.list_customers(),
+        deployments=state.list_deployments(),
+        instances=state.list_instances(),
+    )
+    (proposal,) = [
+        p
+        for p in SpotMigration().analyze(snapshot, DecisionSettings())
+        if isinstance(p, Proposal) and p.deployment_id == DEP
+    ]
+    assert isinstance(proposal.evidence, SpotMigrationEvidence)
+    return proposal
+
+
+def spot_recommendation(state: StateStore, clock: Clock, kind: str | None = None) -> Recommendation:
+    cap, proposal = SpotMigration(), spot_proposal(state)
+    return Recommendation(
+        id="rec-spot-1",
+        kind=kind or cap.kind,
+        customer_id=proposal.customer_id,
+        deployment_id=proposal.deployment_id,
+        created_at=clock(),
+        expires_at=clock() + timedelta(hours=24),
+        current=proposal.current,
+        desired=proposal.desired,
+        stages=list(cap.stages),
+        estimate=proposal.estimate,
+        risk=risk_level(proposal.risk_score, DecisionSettings()),
+        risk_score=proposal.risk_score,
+        summary=proposal.summary,
+        evidence=proposal.evidence,
+        features=cap.features(proposal),
+    )
+
+
 def recommend(state: StateStore, clock: Clock, *, approve: bool = True) -> str:
-    customer = state.get_customer("acme")
-    analysis = analyze_spot_migration(customer, state.get_deployment(DEP), state.list_instances(DEP), None)
-    rec = spot_migration_recommendation(analysis, clock(), timedelta(hours=24))
-    assert rec is not None
+    rec = spot_recommendation(state, clock)
+    assert (rec.current.on_demand_replicas, rec.current.spot_replicas) == (4, 0)
+    assert (rec.desired.on_demand_replicas, rec.desired.spot_replicas) == (0, 4)
+    assert rec.stages == [10, 50, 100]
     assert state.add_recommendation(rec)
     if approve:
         state.decide(rec.id, "approve", "alice", "go", via="cli", now=clock())
     return rec.id
 
 
+def stored_before(state: StateStore, rec_id: str):
+    execution = state.get_execution(rec_id)
+    assert execution is not None
+    return execution.before
+
+
 def lifecycles(state: StateStore) -> Counter:
     return Counter(i.lifecycle for i in state.list_instances(DEP))
-
-
-def test_moved_at_rounds_up() -> None:
-    assert [moved_at(4, p) for p in (10, 50, 100)] == [1, 2, 4]
-    assert [moved_at(1, p) for p in (10, 50, 100)] == [1, 1, 1]
-    assert [moved_at(10, p) for p in (10, 50, 100)] == [1, 5, 10]
 
 
 def test_rollout_succeeds_stage_by_stage_and_is_remembered(state, fleet, memory, clock) -> None:
@@ -127,7 +162,12 @@ def test_rollout_succeeds_stage_by_stage_and_is_remembered(state, fleet, memory,
         (100, 4, True),
     ]
     assert all("quality" in s.reason and "baseline 0.880" in s.reason for s in execution.stages)
+    # the capability's checks, in order, each with its figures
+    assert all([c.name for c in s.checks] == ["quality", "latency"] for s in execution.stages)
+    assert all(s.checks[0].baseline == 0.88 and s.checks[0].threshold == 5.0 for s in execution.stages)
     assert lifecycles(state) == Counter({Lifecycle.SPOT: 4})
+    rec = state.get_recommendation(rec_id)
+    assert stored_before(state, rec_id) == rec.current and fleet.current(DEP) == rec.desired
     assert state.get_recommendation(rec_id).status == RecommendationStatus.EXECUTED
     stored = state.get_execution(rec_id)
     assert stored is not None and stored.status == ExecutionStatus.SUCCEEDED and len(stored.stages) == 3
@@ -256,7 +296,12 @@ def test_a_quality_drop_on_spot_rolls_back_with_the_figures(state, fleet, memory
     assert [s.check_passed for s in execution.stages] == [True, False]
     assert "quality check failed at the 50% stage" in execution.reason
     assert "vs baseline 0.880" in execution.reason and "over the 5% threshold" in execution.reason
+    failed = execution.stages[1].checks[0]
+    assert (failed.name, failed.passed, failed.baseline, failed.threshold) == ("quality", False, 0.88, 5.0)
+    assert failed.value is not None and (0.88 - failed.value) / 0.88 * 100 > 5.0
+    assert state.get_execution(rec_id).stages[1].checks == execution.stages[1].checks  # stored too
     assert lifecycles(state) == Counter({Lifecycle.ON_DEMAND: 4})
+    assert fleet.current(DEP) == state.get_recommendation(rec_id).current
     assert state.get_recommendation(rec_id).status == RecommendationStatus.ROLLED_BACK
 
     (outcome,) = state.list_outcomes()
@@ -283,16 +328,13 @@ def test_an_unexpected_error_restores_and_fails(state, fleet, memory, clock) -> 
     assert state.list_outcomes() == [] and memory.count() == 0
 
 
-def test_an_unknown_action_kind_changes_nothing(state, fleet, memory, clock) -> None:
-    customer = state.get_customer("acme")
-    analysis = analyze_spot_migration(customer, state.get_deployment(DEP), state.list_instances(DEP), None)
-    rec = spot_migration_recommendation(analysis, clock(), timedelta(hours=24))
-    assert rec is not None
-    rec.action["kind"] = "teleport"
+def test_an_unknown_kind_changes_nothing(state, fleet, memory, clock) -> None:
+    rec = spot_recommendation(state, clock, kind="teleport")
     state.add_recommendation(rec)
     state.decide(rec.id, "approve", "alice", "go", via="cli", now=clock())
 
-    with pytest.raises(UnknownActionError, match="no executor for action kind 'teleport'"):
+    with pytest.raises(KeyError, match="unknown capability 'teleport'"):
         execute(make_context(state, fleet, memory, clock), rec.id, None)
     assert state.get_execution(rec.id) is None
     assert state.get_recommendation(rec.id).status == RecommendationStatus.APPROVED
+    assert lifecycles(state) == Counter({Lifecycle.ON_DEMAND: 4})

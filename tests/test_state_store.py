@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from optiinfra_assets.catalog import default_config
 from optiinfra_assets.models import (
     Customer,
     Decision,
     Deployment,
+    Estimate,
     ExecutionStatus,
     Instance,
     InstanceState,
@@ -19,6 +21,7 @@ from optiinfra_assets.models import (
     Recommendation,
     RecommendationStatus,
     Risk,
+    UnregisteredEvidence,
 )
 from resources.errors import StoreUnavailableError
 from resources.state_store import (
@@ -60,6 +63,9 @@ def _seed(state: StateStore) -> None:
     )
 
 
+CONFIG = default_config("g6e.xlarge", 2)
+
+
 def _rec(rec_id: str = "rec-1", deployment: str = "acme-chat", **kw: object) -> Recommendation:
     values: dict[str, object] = dict(
         id=rec_id,
@@ -68,18 +74,24 @@ def _rec(rec_id: str = "rec-1", deployment: str = "acme-chat", **kw: object) -> 
         deployment_id=deployment,
         created_at=NOW,
         expires_at=NOW + timedelta(hours=24),
-        estimated_monthly_savings_usd=1234.5,
+        current=CONFIG,
+        desired=CONFIG.model_copy(update={"on_demand_replicas": 0, "spot_replicas": 2}),
+        estimate=Estimate(monthly_savings_usd=1234.5),
         risk=Risk.LOW,
         risk_score=0.1,
         summary="move to spot",
+        evidence=UnregisteredEvidence(kind="store_test", note="kept as given"),
     )
     values.update(kw)
     return Recommendation.model_validate(values)
 
 
 def test_migrate_is_idempotent(state: StateStore) -> None:
-    assert state.migrate() == 1
-    assert state.migrate() == 1
+    from resources.state_store import MIGRATIONS
+
+    latest = MIGRATIONS[-1][0]
+    assert state.migrate() == latest
+    assert state.migrate() == latest
 
 
 def test_fleet_round_trip(state: StateStore) -> None:
@@ -160,10 +172,10 @@ def test_racing_approvals_make_one_decision(state: StateStore) -> None:
 def test_execution_is_created_once(state: StateStore) -> None:
     _seed(state)
     state.add_recommendation(_rec())
-    first = state.start_execution("rec-1", "run-a", {"instances": []}, NOW)
+    first = state.start_execution("rec-1", "run-a", CONFIG, NOW)
     first.stage = 10
     state.save_execution(first)
-    again = state.start_execution("rec-1", "run-b", {}, NOW)
+    again = state.start_execution("rec-1", "run-b", CONFIG, NOW)
     assert again.run_id == "run-a" and again.stage == 10 and again.status is ExecutionStatus.RUNNING
 
 
@@ -182,3 +194,39 @@ def test_unreachable_database_names_the_masked_url() -> None:
         store.migrate()
     message = str(info.value)
     assert "alice:***@127.0.0.1:1/nowhere" in message and "s3cret" not in message
+
+
+def test_migration_2_gives_old_deployments_a_config(state_url: str) -> None:
+    """A store at version 1 (deployments without configs) migrates to configs from the catalog."""
+    import sqlalchemy as sa
+
+    from resources import state_store as module
+
+    store = StateStore(state_url)
+    with store.engine.begin() as conn:
+        module.MIGRATIONS[0][1](conn)
+        for column in ("config", "rollout"):
+            conn.exec_driver_sql(f"ALTER TABLE deployments DROP COLUMN {column}")
+        conn.exec_driver_sql("ALTER TABLE instances DROP COLUMN engine")
+        conn.execute(module.schema_migrations.insert().values(version=1, applied_at=NOW))
+        conn.execute(
+            module.customers.insert().values(
+                id="acme",
+                name="Acme",
+                slo_p95_latency_ms=1000.0,
+                min_monthly_savings_usd=0.0,
+                allow_spot=True,
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO deployments (id, customer_id, model, instance_type, replicas, engine, "
+                "kv_cache_dtype, base_requests_per_s) VALUES ('old', 'acme', 'Llama-3.1-70B', "
+                "'p4de.24xlarge', 2, 'vllm', 'fp16', 1.0)"
+            )
+        )
+    assert store.migrate() == module.MIGRATIONS[-1][0]
+    config = store.get_deployment("old").config
+    assert config.instance_type == "p4de.24xlarge" and config.on_demand_replicas == 2
+    assert config.engine.tensor_parallel_size == 8  # all of the instance's GPUs, as before
+    store.dispose()

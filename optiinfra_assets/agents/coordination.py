@@ -1,101 +1,163 @@
-"""Coordination: which recommendation wins when several touch one deployment, and approvability.
+"""Coordination: which change goes ahead when several touch one deployment, and approvability.
 
-Priority order: customer preferences > quality > performance SLOs > cost. It is data, below, so that the
-order is stated once and every conflict reason quotes it.
+Priority order: customer preferences > quality > performance SLOs > cost (``Objective`` order). A change
+that contradicts a customer preference always loses. Of the rest on one deployment, the higher objective
+wins; the loser is re-evaluated against the winner's config:
+
+* nothing left to do on the winner's config -> dropped, with the reason;
+* still worth doing and it leaves the winner's changes alone -> deferred: proposed again after the winner
+  is settled (two rollouts must not move one deployment at once);
+* it would change what the winner changes -> escalated to the customer, who decides.
+
+Pure: capabilities, proposals and configs in, verdicts out.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 
-from optiinfra_assets.models import Customer, Recommendation, RecommendationStatus, Validation
+from optiinfra_assets.agents.capability import PRIORITY, Capability, Objective
+from optiinfra_assets.models import (
+    Customer,
+    DeploymentConfig,
+    Recommendation,
+    RecommendationStatus,
+    Validation,
+)
 
-PRIORITY: tuple[str, ...] = ("customer_preference", "quality", "performance", "cost")
-
-OBJECTIVE_OF_KIND: dict[str, str] = {
-    "spot_migration": "cost",
-    "right_sizing": "cost",
-    "reserved_instances": "cost",
-    "scale_down": "cost",
-    "kv_cache_tuning": "performance",
-    "batch_size": "performance",
-    "quantization": "performance",
-    "scale_up": "performance",
-    "quality_rollback": "quality",
-    "spot_rollback": "quality",
-    "preference_enforcement": "customer_preference",
-}
-# Kinds no agent has declared yet rank lowest, so a new kind can never override a declared one.
-DEFAULT_OBJECTIVE = PRIORITY[-1]
-# Kinds that move capacity onto spot instances, which a customer may forbid.
-SPOT_KINDS = frozenset({"spot_migration"})
+ORDER_TEXT = " > ".join(o.value for o in PRIORITY)
 
 
-def objective_of(kind: str) -> str:
-    """The objective a recommendation kind serves (unknown kinds: the lowest priority, cost)."""
-    return OBJECTIVE_OF_KIND.get(kind, DEFAULT_OBJECTIVE)
+class Verdict(StrEnum):
+    KEEP = "keep"
+    DROPPED = "dropped"  # nothing left to do once the winner is applied
+    DEFERRED = "deferred"  # still worth doing: proposed again once the winner is settled
+    ESCALATED = "escalated"  # conflicts with the winner: the customer decides
+    PREFERENCE = "preference"  # contradicts a customer preference
 
 
-def priority_rank(kind: str) -> int:
-    """0 for the highest-priority objective; larger is lower priority."""
-    return PRIORITY.index(objective_of(kind))
+@dataclass
+class Settled:
+    rec: Recommendation
+    verdict: Verdict
+    reason: str = ""
+
+
+# (loser, the winner's desired config) -> the loser re-proposed on that config, or None
+Reevaluate = Callable[[Recommendation, DeploymentConfig], Recommendation | None]
+
+
+def objective_of(kind: str, capabilities: Sequence[Capability]) -> Objective:
+    """The objective a kind serves; kinds no capability declares rank lowest, so they never override."""
+    for cap in capabilities:
+        if cap.kind == kind:
+            return cap.objective
+    return PRIORITY[-1]
 
 
 def preference_violation(rec: Recommendation, customer: Customer | None) -> str | None:
-    """Why ``rec`` contradicts the customer's preferences, or None."""
+    """Why ``rec`` contradicts the customer's preferences, or None. Judged on the config, whatever the kind."""
     if customer is None:
         return None
-    if rec.kind in SPOT_KINDS and not customer.allow_spot:
+    if rec.desired.spot_replicas > rec.current.spot_replicas and not customer.allow_spot:
         return f"contradicts a customer preference: {customer.id} does not allow spot instances"
     return None
 
 
-def _winner_key(rec: Recommendation) -> tuple[int, float, float, str]:
-    # Higher priority first; within one objective the larger saving, then the lower risk, then the id
-    # (a stable tie-break so the same inputs always give the same winner).
-    return (priority_rank(rec.kind), -rec.estimated_monthly_savings_usd, rec.risk_score, rec.id)
+def changed_fields(rec: Recommendation) -> set[str]:
+    return set(rec.current.changes(rec.desired))
 
 
-def _loss_reason(loser: Recommendation, winner: Recommendation) -> str:
-    won_obj, lost_obj = objective_of(winner.kind), objective_of(loser.kind)
-    order = " > ".join(PRIORITY)
-    if won_obj != lost_obj:
-        return (
-            f"conflicts with {winner.id} ({winner.kind}) on deployment {loser.deployment_id}: "
-            f"{won_obj} outranks {lost_obj} ({order})"
-        )
+def _rank(rec: Recommendation, capabilities: Sequence[Capability]) -> tuple[int, int, float, float, str]:
+    # A change already decided or under way is never preempted; then higher priority; within one objective
+    # the larger saving, then the lower risk, then the id (a stable tie-break).
+    decided = rec.status in (RecommendationStatus.APPROVED, RecommendationStatus.EXECUTING)
     return (
-        f"conflicts with {winner.id} ({winner.kind}) on deployment {loser.deployment_id}: both serve "
-        f"{won_obj}; the winner saves ${winner.estimated_monthly_savings_usd:,.0f}/month vs "
-        f"${loser.estimated_monthly_savings_usd:,.0f} at risk {winner.risk_score:.2f} vs {loser.risk_score:.2f}"
+        0 if decided else 1,
+        PRIORITY.index(objective_of(rec.kind, capabilities)),
+        -rec.estimate.monthly_savings_usd,
+        rec.risk_score,
+        rec.id,
+    )
+
+
+def _why_lost(loser: Recommendation, winner: Recommendation, capabilities: Sequence[Capability]) -> str:
+    won, lost = objective_of(winner.kind, capabilities), objective_of(loser.kind, capabilities)
+    head = f"conflicts with {winner.id} ({winner.kind}) on deployment {loser.deployment_id}: "
+    if winner.status in (RecommendationStatus.APPROVED, RecommendationStatus.EXECUTING):
+        return head + f"that change is already {winner.status.value}"
+    if won != lost:
+        return head + f"{won.value} outranks {lost.value} ({ORDER_TEXT})"
+    return head + (
+        f"both serve {won.value}; the winner saves ${winner.estimate.monthly_savings_usd:,.0f}/month vs "
+        f"${loser.estimate.monthly_savings_usd:,.0f} at risk {winner.risk_score:.2f} vs {loser.risk_score:.2f}"
+    )
+
+
+def settle(
+    loser: Recommendation, winner: Recommendation, reevaluate: Reevaluate, capabilities: Sequence[Capability]
+) -> Settled:
+    """Re-evaluate ``loser`` against ``winner``'s config and say what becomes of it."""
+    why = _why_lost(loser, winner, capabilities)
+    again = reevaluate(loser, winner.desired)
+    if again is None:
+        return Settled(loser, Verdict.DROPPED, f"{why}; re-evaluated on its config: nothing left to do")
+    overlap = changed_fields(again) & changed_fields(winner)
+    if overlap:
+        return Settled(
+            again.model_copy(update={"id": loser.id}),
+            Verdict.ESCALATED,
+            f"{why}; re-evaluated on its config it still changes {', '.join(sorted(overlap))}, which the "
+            "winner changes too: the customer decides",
+        )
+    return Settled(
+        loser,
+        Verdict.DEFERRED,
+        f"{why}; re-evaluated on its config it is still worth doing ({again.summary}): proposed again once "
+        f"{winner.id} is settled",
     )
 
 
 def resolve_conflicts(
-    recs: list[Recommendation], customers: dict[str, Customer]
-) -> tuple[list[Recommendation], list[tuple[Recommendation, str]]]:
-    """(winners, [(loser, reason)]). Recommendations on the same deployment conflict.
+    candidates: Sequence[Recommendation],
+    open_recs: Sequence[Recommendation],
+    customers: dict[str, Customer],
+    capabilities: Sequence[Capability],
+    reevaluate: Reevaluate,
+) -> tuple[list[Settled], list[Settled]]:
+    """(a verdict for every candidate in input order, verdicts for open recommendations that now lose).
 
-    A recommendation contradicting a customer preference always loses, even when alone. Of the rest on a
-    deployment, the one serving the higher-priority objective wins. Winners keep their input order.
+    ``open_recs`` are those already in the store. A candidate conflicts with them as with other candidates.
+    An open one still waiting for a decision (pending or escalated) that loses to a new candidate of higher
+    priority is settled the same way; one already approved or executing always wins.
     """
-    losers: list[tuple[Recommendation, str]] = []
+    verdicts: dict[int, Settled] = {}
     by_deployment: dict[str, list[Recommendation]] = defaultdict(list)
-    for rec in recs:
+    for rec in candidates:
         violation = preference_violation(rec, customers.get(rec.customer_id))
         if violation:
-            losers.append((rec, violation))
+            verdicts[id(rec)] = Settled(rec, Verdict.PREFERENCE, violation)
         else:
             by_deployment[rec.deployment_id].append(rec)
-    winners: list[Recommendation] = []
+    for rec in open_recs:
+        if rec.deployment_id in by_deployment and rec.status is not RecommendationStatus.BLOCKED:
+            by_deployment[rec.deployment_id].append(rec)
+    candidate_ids = {id(r) for r in candidates}
+    open_losers: list[Settled] = []
     for group in by_deployment.values():
-        winner = min(group, key=_winner_key)
-        winners.append(winner)
-        losers += [(rec, _loss_reason(rec, winner)) for rec in group if rec is not winner]
-    # Back to input order (identity, not id: two distinct objects may share an id in bad input).
-    order = {id(rec): i for i, rec in enumerate(recs)}
-    winners.sort(key=lambda rec: order[id(rec)])
-    return winners, losers
+        winner = min(group, key=lambda r: _rank(r, capabilities))
+        for rec in group:
+            if rec is winner:
+                if id(rec) in candidate_ids:
+                    verdicts[id(rec)] = Settled(rec, Verdict.KEEP)
+            elif id(rec) in candidate_ids:
+                verdicts[id(rec)] = settle(rec, winner, reevaluate, capabilities)
+            elif id(winner) in candidate_ids:  # an open one the new candidate outranks
+                open_losers.append(settle(rec, winner, reevaluate, capabilities))
+    return [verdicts[id(rec)] for rec in candidates], open_losers
 
 
 def validation_status(validations: list[Validation]) -> RecommendationStatus:

@@ -1,40 +1,32 @@
-"""The four agents: what each can do and which assets carry its work (health is read from those)."""
+"""The agent registry: what each agent can do, read from the capability and detector lists."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel
 
+from optiinfra_assets.agents import AGENTS, CAPABILITIES, DETECTORS
+
 
 class AgentInfo(BaseModel):
     name: str
-    capabilities: list[str]
-    assets: list[str]  # asset keys whose freshness is the agent's health
-    max_age_minutes: int  # older than this is stale
+    capabilities: list[str]  # kinds of change it proposes
+    detectors: list[str]  # monitors it runs
+    validates: list[str]  # kinds whose proposals it is asked to validate
+    assets: list[str]  # asset keys carrying its work (their freshness is its health)
 
 
-AGENTS: tuple[AgentInfo, ...] = (
-    AgentInfo(
-        name="cost",
-        capabilities=["spot migration", "cost baselines"],
-        assets=["cost_metrics", "cost_baselines", "spot_migration_recommendations"],
-        max_age_minutes=60,
-    ),
-    AgentInfo(
-        name="performance",
-        capabilities=["latency/throughput baselines", "SLO headroom validation"],
-        assets=["performance_metrics", "performance_baselines"],
-        max_age_minutes=60,
-    ),
-    AgentInfo(
-        name="resource",
-        capabilities=["GPU utilization (sandbox, NVML)", "KV-cache use", "spot capacity validation"],
-        assets=["resource_metrics", "resource_baselines"],
-        max_age_minutes=60,
-    ),
-    AgentInfo(
-        name="application",
-        capabilities=["quality baselines", "quality-gated rollout with automatic rollback"],
-        assets=["quality_metrics", "quality_baselines"],
-        max_age_minutes=60,
-    ),
-)
+def agents() -> list[AgentInfo]:
+    out = []
+    for name in AGENTS:
+        caps = [c for c in CAPABILITIES if c.agent == name]
+        dets = [d for d in DETECTORS if d.agent == name]
+        out.append(
+            AgentInfo(
+                name=name,
+                capabilities=[c.kind for c in caps],
+                detectors=[d.name for d in dets],
+                validates=[c.kind for c in CAPABILITIES if name in c.validators],
+                assets=[c.asset_name for c in caps] + [d.asset_name for d in dets],
+            )
+        )
+    return out

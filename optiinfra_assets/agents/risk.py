@@ -10,7 +10,8 @@ import json
 
 from pydantic import BaseModel, Field
 
-from optiinfra_assets.agents.cost import HIGH_FROM, LOW_BELOW, risk_level
+from optiinfra_assets.agents.capability import risk_level
+from optiinfra_assets.config import DecisionSettings
 from optiinfra_assets.models import Recommendation, Risk, RiskAssessment, SimilarOutcome
 from resources.llm import LlmClient, LlmError
 
@@ -19,17 +20,18 @@ from resources.llm import LlmClient, LlmError
 ROLLBACK_WEIGHT = 0.25
 SUCCESS_WEIGHT = -0.10
 QUALITY_LOSS_WEIGHT = 0.10  # kept, but quality fell more than the quality rule allows
-MAX_QUALITY_DROP_PCT = 5.0
 _REASON_CHARS = 160
 
-SYSTEM_PROMPT = (
-    "You assess the risk of a change to an LLM inference deployment. Priorities: customer preferences > "
-    "output quality (no drop over 5%) > latency SLOs > cost. Answer with one JSON object only: "
-    '{"level": "low"|"medium"|"high", "score": number 0..1, "note": "two or three sentences a reviewer '
-    'can act on", "factors": ["short factor", ...]}. '
-    f"Score below {LOW_BELOW} is low, below {HIGH_FROM} medium, otherwise high. Weigh similar past "
-    "outcomes by their similarity: rolled-back ones are evidence of risk."
-)
+
+def system_prompt(settings: DecisionSettings) -> str:
+    return (
+        "You assess the risk of a change to an LLM inference deployment. Priorities: customer preferences > "
+        f"output quality (no drop over {settings.max_quality_drop_pct:g}%) > latency SLOs > cost. Answer "
+        'with one JSON object only: {"level": "low"|"medium"|"high", "score": number 0..1, "note": "two or '
+        'three sentences a reviewer can act on", "factors": ["short factor", ...]}. '
+        f"Score below {settings.low_risk_below} is low, below {settings.high_risk_from} medium, otherwise "
+        "high. Weigh similar past outcomes by their similarity: rolled-back ones are evidence of risk."
+    )
 
 
 class LlmRiskAnswer(BaseModel):
@@ -41,12 +43,12 @@ class LlmRiskAnswer(BaseModel):
     factors: list[str] = Field(default_factory=list)
 
 
-def _outcome_shift(outcome: SimilarOutcome) -> tuple[float, str]:
+def _outcome_shift(outcome: SimilarOutcome, settings: DecisionSettings) -> tuple[float, str]:
     """Signed score shift of one past outcome, weighted by its similarity, and its verdict in words."""
     weight = min(1.0, max(0.0, outcome.similarity))
     if outcome.rolled_back:
         return ROLLBACK_WEIGHT * weight, "rolled back"
-    if outcome.quality_delta_pct < -MAX_QUALITY_DROP_PCT:
+    if outcome.quality_delta_pct < -settings.max_quality_drop_pct:
         return QUALITY_LOSS_WEIGHT * weight, "kept but quality fell"
     return SUCCESS_WEIGHT * weight, "succeeded, quality kept"
 
@@ -60,23 +62,27 @@ def _describe_outcome(outcome: SimilarOutcome, verdict: str, shift: float) -> st
 
 
 def deterministic_assessment(
-    rec: Recommendation, similar: list[SimilarOutcome], method: str
+    rec: Recommendation,
+    similar: list[SimilarOutcome],
+    method: str,
+    settings: DecisionSettings | None = None,
 ) -> RiskAssessment:
     """Start from the agent's risk score; each similar outcome moves it by its weight x similarity.
 
     Rolled back: +0.25; kept with quality dropped over 5%: +0.10; succeeded with quality kept: -0.10.
     The result is clamped to 0..1 and mapped to a level: < 0.33 low, < 0.66 medium, otherwise high.
     """
+    settings = settings or DecisionSettings()
     factors = [f"agent risk score {rec.risk_score:.2f} ({rec.risk.value})"]
     score = rec.risk_score
     for outcome in similar:
-        shift, verdict = _outcome_shift(outcome)
+        shift, verdict = _outcome_shift(outcome, settings)
         score += shift
         factors.append(_describe_outcome(outcome, verdict, shift))
     if not similar:
         factors.append("no similar past outcomes in decision memory")
     score = min(1.0, max(0.0, score))
-    level = risk_level(score)
+    level = risk_level(score, settings)
     rolled_back = sum(o.rolled_back for o in similar)
     note = (
         f"Risk {level.value} ({score:.2f}) from the agent's {rec.risk_score:.2f} and {len(similar)} similar "
@@ -97,11 +103,11 @@ def _llm_prompt(rec: Recommendation, similar: list[SimilarOutcome]) -> str:
         "recommendation": {
             "kind": rec.kind,
             "summary": rec.summary,
-            "estimated_monthly_savings_usd": rec.estimated_monthly_savings_usd,
+            "estimate": rec.estimate.model_dump(mode="json"),
             "agent_risk": rec.risk.value,
             "agent_risk_score": rec.risk_score,
-            "action": rec.action,
-            "evidence": rec.evidence,
+            "changes": rec.current.changes(rec.desired),
+            "evidence": rec.evidence.model_dump(mode="json"),
         },
         "validations": [v.model_dump(mode="json") for v in rec.validations],
         "similar_outcomes": [o.model_dump(mode="json") for o in similar],
@@ -119,20 +125,22 @@ def assess_risk(
     similar: list[SimilarOutcome],
     llm: LlmClient | None,
     *,
+    settings: DecisionSettings | None = None,
     mock_response: str | None = None,
 ) -> RiskAssessment:
     """Assess ``rec``'s risk: by the LLM when one is configured, else (or on its failure) deterministically.
 
     ``mock_response`` is passed to litellm (its real mock path) for tests and offline demos.
     """
+    settings = settings or DecisionSettings()
     if llm is None:
-        return deterministic_assessment(rec, similar, "deterministic (no LLM configured)")
+        return deterministic_assessment(rec, similar, "deterministic (no LLM configured)", settings)
     try:
         answer = llm.complete_json(
-            SYSTEM_PROMPT, _llm_prompt(rec, similar), LlmRiskAnswer, mock_response=mock_response
+            system_prompt(settings), _llm_prompt(rec, similar), LlmRiskAnswer, mock_response=mock_response
         )
     except LlmError as exc:
-        return deterministic_assessment(rec, similar, f"deterministic (LLM failed: {_short(exc)})")
+        return deterministic_assessment(rec, similar, f"deterministic (LLM failed: {_short(exc)})", settings)
     return RiskAssessment(
         level=answer.level,
         score=answer.score,

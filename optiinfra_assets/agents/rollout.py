@@ -1,33 +1,33 @@
-"""The staged executor: applies an approved recommendation 10% -> 50% -> 100%, checking each stage, and
-rolls back automatically when quality drops over 5% or latency regresses.
+"""The staged executor: applies an approved recommendation stage by stage (10% -> 50% -> 100% by default),
+running its capability's checks after each, and rolls back automatically when one fails.
 
-General over change kinds: a recommendation's ``action["kind"]`` picks an :class:`ActionKind` from
-:data:`ACTIONS`, which says how many replicas a stage moves, how to apply it and how to roll back. Only
-``spot_migration`` is registered so far; another kind plugs in with :func:`register_action`.
+General over capabilities: a recommendation carries its current and desired DeploymentConfig and its
+stages; the target moves a fraction of the way per stage; the capability says which checks run between
+stages. Nothing here names a kind.
 
 Crash safety: every stage is recorded in the state store (``execution.stage`` and its StageRecord)
 before the executor soaks, so a killed run leaves a record and the next run resumes from that stage,
-re-checking it first. Stages are applied as idempotent desired states (exactly N replicas on the new
-configuration), so re-applying a stage never launches twice.
+re-checking it first. Stages are applied as idempotent desired states (a fraction of the way from the
+recorded config), so re-applying a stage never launches twice.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from optiinfra_assets.agents.application import quality_check
-from optiinfra_assets.agents.baselines import BaselineStat
-from optiinfra_assets.agents.cost import SpotAnalysis, spot_scenario_features
-from optiinfra_assets.agents.performance import latency_regression
+from optiinfra_assets.agents import find_capability
+from optiinfra_assets.agents.capability import Capability, StageContext
 from optiinfra_assets.catalog import instance_type
+from optiinfra_assets.config import DecisionSettings
 from optiinfra_assets.models import (
+    CheckResult,
     Customer,
     Decision,
+    DeploymentConfig,
     Execution,
     ExecutionStatus,
     Instance,
@@ -37,12 +37,11 @@ from optiinfra_assets.models import (
     RecommendationStatus,
     StageRecord,
 )
+from optiinfra_assets.snapshot import BaselineStat
 from resources.memory_store import MemoryStore
 from resources.state_store import StateStore
-from resources.targets import Target
+from resources.targets import Target, pools
 
-STAGES: tuple[int, ...] = (10, 50, 100)
-HOURS_PER_MONTH = 730.0
 ACTOR = "executor"
 FINISHED = frozenset({ExecutionStatus.SUCCEEDED, ExecutionStatus.ROLLED_BACK, ExecutionStatus.FAILED})
 RUNNABLE = (RecommendationStatus.APPROVED, RecommendationStatus.EXECUTING)
@@ -50,10 +49,6 @@ RUNNABLE = (RecommendationStatus.APPROVED, RecommendationStatus.EXECUTING)
 
 class NotApprovedError(RuntimeError):
     """The recommendation may not be executed (not approved, or no approval on record); nothing changed."""
-
-
-class UnknownActionError(ValueError):
-    """No executor is registered for the recommendation's action kind; nothing changed."""
 
 
 def _utc_now() -> datetime:
@@ -68,83 +63,18 @@ def _no_log(_: str) -> None:
 class RolloutContext:
     state: StateStore
     target: Target
-    quality_baseline: BaselineStat | None
-    latency_baseline: BaselineStat | None
     memory: MemoryStore
+    baselines: dict[str, BaselineStat]  # the deployment's whole-week baselines
+    capabilities: tuple[Capability, ...]
+    settings: DecisionSettings = field(default_factory=DecisionSettings)
     soak_s: float = 0.0
     observe_s: int = 60
     clock: Callable[[], datetime] = _utc_now
     sleep: Callable[[float], None] = time.sleep
     log: Callable[[str], None] = _no_log
 
-
-# ---- the action registry ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ActionKind:
-    """How one kind of change is rolled out.
-
-    ``stage_count(rec, pct)``: replicas on the new configuration after the stage (a desired state).
-    ``apply(ctx, rec, count)``: make it so, idempotently and make-before-break; returns instance ids touched.
-    ``roll_back(ctx, rec, execution)``: return to ``execution.before``; returns instance ids touched.
-    ``features(rec)``: the scenario vector remembered with the outcome.
-    """
-
-    stage_count: Callable[[Recommendation, int], int]
-    apply: Callable[[RolloutContext, Recommendation, int], list[str]]
-    features: Callable[[Recommendation], dict[str, float]]
-    roll_back: Callable[[RolloutContext, Recommendation, Execution], list[str]] = field(
-        default=lambda ctx, rec, execution: ctx.target.restore(rec.deployment_id, execution.before)
-    )
-
-
-ACTIONS: dict[str, ActionKind] = {}
-
-
-def register_action(kind: str, action: ActionKind) -> None:
-    ACTIONS[kind] = action
-
-
-def action_of(rec: Recommendation) -> ActionKind:
-    kind = str(rec.action.get("kind", rec.kind))
-    if kind not in ACTIONS:
-        raise UnknownActionError(
-            f"recommendation '{rec.id}': no executor for action kind '{kind}' "
-            f"(registered: {', '.join(sorted(ACTIONS)) or 'none'})"
-        )
-    return ACTIONS[kind]
-
-
-def moved_at(replicas: int, pct: int) -> int:
-    """Replicas moved once ``pct`` percent of the change is applied: rounded up, so 10% moves at least one."""
-    return math.ceil(replicas * pct / 100 - 1e-9)
-
-
-def _spot_stage_count(rec: Recommendation, pct: int) -> int:
-    moved = int(rec.action["replicas"])
-    # Replicas already on the target lifecycle when the change was planned stay there.
-    already = max(int(rec.evidence.get("replicas", moved)) - moved, 0)
-    return already + moved_at(moved, pct)
-
-
-def _spot_apply(ctx: RolloutContext, rec: Recommendation, count: int) -> list[str]:
-    lifecycle = Lifecycle(rec.action.get("to_lifecycle", Lifecycle.SPOT.value))
-    return ctx.target.set_lifecycle_count(rec.deployment_id, lifecycle, count)
-
-
-def _spot_features(rec: Recommendation) -> dict[str, float]:
-    # The features the proposal searched memory with, so the outcome lands where that search looks.
-    stored = rec.evidence.get("features")
-    if stored:
-        return {k: float(v) for k, v in stored.items()}
-    return spot_scenario_features(SpotAnalysis.model_validate(rec.evidence))
-
-
-register_action(
-    "spot_migration",
-    ActionKind(stage_count=_spot_stage_count, apply=_spot_apply, features=_spot_features),
-)
+    def capability_of(self, rec: Recommendation) -> Capability:
+        return find_capability(rec.kind, self.capabilities)
 
 
 # ---- approval --------------------------------------------------------------------------------------
@@ -172,25 +102,30 @@ def _check_approved(state: StateStore, rec: Recommendation) -> None:
 
 
 def check_stage(
-    ctx: RolloutContext, customer: Customer, pct: int, observation: dict[str, float]
-) -> tuple[bool, str]:
-    """(passed, why): quality within 5% of its baseline, then p95 latency vs the SLO and its baseline."""
-    if ctx.quality_baseline is None or ctx.quality_baseline.n == 0:
-        return False, f"{pct}% stage: no quality baseline to check against, so the change cannot be judged"
-    quality = quality_check(observation["quality_mean"], ctx.quality_baseline)
-    if not quality.passed:
-        return False, f"quality check failed at the {pct}% stage: {quality.detail}"
-    p95, slo = observation["latency_p95_ms"], customer.slo_p95_latency_ms
-    if ctx.latency_baseline is not None and ctx.latency_baseline.n > 0:
-        regressed, why = latency_regression(p95, ctx.latency_baseline, slo)
-    else:
-        regressed = p95 > slo
-        why = (
-            f"p95 {p95:.0f} ms {'breaks' if regressed else 'is within'} the SLO of {slo:.0f} ms (no baseline)"
-        )
-    if regressed:
-        return False, f"latency check failed at the {pct}% stage: {why}"
-    return True, f"{pct}% stage passed: {quality.detail}; {why}"
+    ctx: RolloutContext,
+    cap: Capability,
+    customer: Customer,
+    rec: Recommendation,
+    pct: int,
+    observation: dict[str, float],
+) -> tuple[bool, str, list[CheckResult]]:
+    """(passed, why, results): every check the capability declares, in order; the first failure decides."""
+    stage = StageContext(
+        pct=pct,
+        observation=observation,
+        baselines=ctx.baselines,
+        slo_p95_latency_ms=customer.slo_p95_latency_ms,
+        deployment_id=rec.deployment_id,
+        settings=ctx.settings,
+    )
+    results: list[CheckResult] = []
+    for check in cap.stage_checks:
+        result = check(stage)
+        results.append(result)
+        if not result.passed:
+            return False, f"{result.name} check failed at the {pct}% stage: {result.detail}", results
+    details = "; ".join(r.detail for r in results) or "no checks declared"
+    return True, f"{pct}% stage passed: {details}", results
 
 
 # ---- execution -------------------------------------------------------------------------------------
@@ -201,8 +136,8 @@ def execute(ctx: RolloutContext, rec_id: str, run_id: str | None) -> Execution:
 
     A finished execution is returned as is (a change is never applied twice). Raises NotApprovedError
     (nothing changed) unless the recommendation is approved, or executing from a resumed run, and has an
-    approval on record. An unexpected error restores the snapshot, marks the execution failed and is
-    re-raised; a BaseException (the run killed) leaves the execution running for a later resume.
+    approval on record. An unexpected error rolls back, marks the execution failed and is re-raised; a
+    BaseException (the run killed) leaves the execution running for a later resume.
     """
     state = ctx.state
     existing = state.get_execution(rec_id)
@@ -211,18 +146,35 @@ def execute(ctx: RolloutContext, rec_id: str, run_id: str | None) -> Execution:
         return existing
     rec = state.get_recommendation(rec_id)
     _check_approved(state, rec)
-    action = action_of(rec)
+    cap = ctx.capability_of(rec)
     customer = state.get_customer(rec.customer_id)
+    if existing is None:
+        _check_base(ctx, rec)
     if not state.set_recommendation_status(rec_id, RecommendationStatus.EXECUTING, expected=RUNNABLE):
         raise NotApprovedError(f"recommendation '{rec_id}' changed status meanwhile: nothing was changed")
     execution = _start(ctx, rec, run_id, existing)
     try:
-        execution = _run_stages(ctx, rec, action, customer, execution)
+        execution = _run_stages(ctx, rec, cap, customer, execution)
     except Exception as exc:
-        _fail(ctx, rec, action, execution, exc)
+        _fail(ctx, rec, execution, exc)
         raise
     _ensure_outcome(ctx, rec, execution)
     return execution
+
+
+def _check_base(ctx: RolloutContext, rec: Recommendation) -> None:
+    """A change is planned from the config it was proposed on; if the deployment changed since (another
+    change was applied), applying it would undo that one. Close it instead; the next pass re-proposes."""
+    recorded = ctx.target.current(rec.deployment_id)
+    if recorded == rec.current:
+        return
+    drift = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in rec.current.changes(recorded).items())
+    reason = f"the deployment changed since this was proposed ({drift}); nothing was changed"
+    ctx.state.set_recommendation_status(
+        rec.id, RecommendationStatus.EXPIRED, expected=list(RUNNABLE), reason=reason
+    )
+    _audit(ctx, rec, "stale_refused", {"reason": reason})
+    raise NotApprovedError(f"recommendation '{rec.id}': {reason}")
 
 
 def _start(
@@ -234,7 +186,7 @@ def _start(
         )
         ctx.log(f"{rec.id}: resuming at the {existing.stage}% stage")
         return existing
-    before = ctx.target.snapshot(rec.deployment_id)
+    before = ctx.target.current(rec.deployment_id)
     # Returns the existing execution if another run created it meanwhile: both then resume the same one.
     execution = ctx.state.start_execution(rec.id, run_id, before=before, now=ctx.clock())
     ctx.log(f"{rec.id}: execution started")
@@ -243,8 +195,14 @@ def _start(
 
 def _plan(rec: Recommendation, from_stage: int) -> list[int]:
     """The stages left: from the recorded one (re-checked first) on."""
-    stages = [int(s) for s in rec.action.get("stages", STAGES)]
-    return [s for s in stages if s >= from_stage] if from_stage else stages
+    return [s for s in rec.stages if s >= from_stage] if from_stage else list(rec.stages)
+
+
+def _on_desired(ctx: RolloutContext, rec: Recommendation) -> int:
+    """Running instances that already have the desired shape (type, engine and a lifecycle it asks for)."""
+    wanted = set(pools(rec.desired))
+    running = ctx.state.list_instances(rec.deployment_id)
+    return sum((i.instance_type, i.lifecycle, i.engine) in wanted for i in running)
 
 
 def _stage_record(execution: Execution, pct: int, count: int, now: datetime) -> StageRecord:
@@ -258,15 +216,16 @@ def _stage_record(execution: Execution, pct: int, count: int, now: datetime) -> 
 
 
 def _run_stages(
-    ctx: RolloutContext, rec: Recommendation, action: ActionKind, customer: Customer, execution: Execution
+    ctx: RolloutContext, rec: Recommendation, cap: Capability, customer: Customer, execution: Execution
 ) -> Execution:
     for pct in _plan(rec, execution.stage):
-        record = _apply_stage(ctx, rec, action, execution, pct)
+        record = _apply_stage(ctx, rec, execution, pct)
         ctx.sleep(ctx.soak_s)
-        _heal(ctx, rec, action, record)
+        _heal(ctx, rec, record)
         observation = ctx.target.observe(rec.deployment_id, ctx.observe_s)
-        passed, reason = check_stage(ctx, customer, pct, observation)
+        passed, reason, results = check_stage(ctx, cap, customer, rec, pct, observation)
         record.observation = {**record.observation, **observation}
+        record.checks = results
         record.check_passed, record.reason = (
             passed,
             (f"{record.reason}; {reason}" if record.reason else reason),
@@ -275,17 +234,15 @@ def _run_stages(
         _audit(ctx, rec, "stage_checked", {"stage_pct": pct, "passed": passed, "reason": reason})
         ctx.log(f"{rec.id}: {reason}")
         if not passed:
-            return _roll_back(ctx, rec, action, execution, reason)
+            return _roll_back(ctx, rec, execution, reason)
     return _finish(
         ctx, rec, execution, ExecutionStatus.SUCCEEDED, "all stages passed", RecommendationStatus.EXECUTED
     )
 
 
-def _apply_stage(
-    ctx: RolloutContext, rec: Recommendation, action: ActionKind, execution: Execution, pct: int
-) -> StageRecord:
-    count = action.stage_count(rec, pct)
-    changed = action.apply(ctx, rec, count)
+def _apply_stage(ctx: RolloutContext, rec: Recommendation, execution: Execution, pct: int) -> StageRecord:
+    changed = ctx.target.apply(rec.deployment_id, rec.desired, pct / 100.0)
+    count = _on_desired(ctx, rec)
     record = _stage_record(execution, pct, count, ctx.clock())
     execution.stage = pct
     # Saved before soaking: a run killed during the soak leaves this stage on record to resume from.
@@ -295,14 +252,13 @@ def _apply_stage(
     return record
 
 
-def _heal(ctx: RolloutContext, rec: Recommendation, action: ActionKind, record: StageRecord) -> None:
-    """Replace instances the cloud reclaimed during the soak, then re-assert the stage's desired state.
+def _heal(ctx: RolloutContext, rec: Recommendation, record: StageRecord) -> None:
+    """Replace instances the cloud reclaimed during the soak (the stage's desired state stays asserted).
 
     The record is saved with the stage's check that follows."""
     healed = ctx.target.heal(rec.deployment_id)
     if not healed:
         return
-    action.apply(ctx, rec, record.target_count)
     note = f"spot loss during the {record.stage_pct}% stage: replaced {', '.join(healed)}"
     record.reason = f"{record.reason}; {note}" if record.reason else note
     record.observation["healed_instances"] = record.observation.get("healed_instances", 0.0) + len(healed)
@@ -310,10 +266,12 @@ def _heal(ctx: RolloutContext, rec: Recommendation, action: ActionKind, record: 
     ctx.log(f"{rec.id}: {note}")
 
 
-def _roll_back(
-    ctx: RolloutContext, rec: Recommendation, action: ActionKind, execution: Execution, reason: str
-) -> Execution:
-    restored = action.roll_back(ctx, rec, execution)
+def _restore_to(rec: Recommendation, execution: Execution) -> DeploymentConfig:
+    return execution.before if execution.before is not None else rec.current
+
+
+def _roll_back(ctx: RolloutContext, rec: Recommendation, execution: Execution, reason: str) -> Execution:
+    restored = ctx.target.rollback(rec.deployment_id, _restore_to(rec, execution))
     _audit(ctx, rec, "rolled_back", {"reason": reason, "changed": restored})
     return _finish(ctx, rec, execution, ExecutionStatus.ROLLED_BACK, reason, RecommendationStatus.ROLLED_BACK)
 
@@ -334,14 +292,12 @@ def _finish(
     return execution
 
 
-def _fail(
-    ctx: RolloutContext, rec: Recommendation, action: ActionKind, execution: Execution, exc: Exception
-) -> None:
+def _fail(ctx: RolloutContext, rec: Recommendation, execution: Execution, exc: Exception) -> None:
     reason = f"{type(exc).__name__}: {exc}"
     try:
-        action.roll_back(ctx, rec, execution)
+        ctx.target.rollback(rec.deployment_id, _restore_to(rec, execution))
     except Exception as restore_exc:  # still mark it failed; say the fleet may be half-changed
-        reason += f"; restoring the snapshot also failed: {type(restore_exc).__name__}: {restore_exc}"
+        reason += f"; restoring the previous config also failed: {type(restore_exc).__name__}: {restore_exc}"
     _finish(ctx, rec, execution, ExecutionStatus.FAILED, reason, RecommendationStatus.FAILED)
 
 
@@ -357,34 +313,37 @@ def fleet_usd_hour(instances: list[Instance]) -> float:
     return sum(instance_type(i.instance_type).price_usd_hour(i.lifecycle) for i in instances)
 
 
-def _before_usd_hour(ctx: RolloutContext, execution: Execution, rec: Recommendation) -> float:
-    """What the deployment cost per hour before the change: the snapshot's lifecycle mix at catalog prices."""
-    counts = execution.before.get("lifecycle_counts")
-    if isinstance(counts, dict) and counts:
-        itype = instance_type(ctx.state.get_deployment(rec.deployment_id).instance_type)
-        return sum(int(n) * itype.price_usd_hour(Lifecycle(lc)) for lc, n in counts.items() if int(n))
-    # A snapshot without the mix (another target): price the fleet the analysis saw.
-    ev = rec.evidence
-    on_demand, total = int(ev.get("on_demand_replicas", 0)), int(ev.get("replicas", 0))
-    spot_price = float(ev.get("spot_usd_hour") or 0.0)
-    return on_demand * float(ev.get("ondemand_usd_hour", 0.0)) + (total - on_demand) * spot_price
+def config_usd_hour(config: DeploymentConfig) -> float:
+    """What a config costs per hour at catalog prices."""
+    itype = instance_type(config.instance_type)
+    return sum(
+        config.replicas_on(lc) * itype.price_usd_hour(lc) for lc in Lifecycle if config.replicas_on(lc)
+    )
 
 
-def _quality_delta_pct(ctx: RolloutContext, execution: Execution) -> float:
-    observed = [s.observation["quality_mean"] for s in execution.stages if "quality_mean" in s.observation]
-    base = ctx.quality_baseline
-    if not observed or base is None or base.median <= 0:
+def _last(execution: Execution, key: str) -> float | None:
+    observed = [s.observation[key] for s in execution.stages if key in s.observation]
+    return observed[-1] if observed else None
+
+
+def _delta_pct(observed: float | None, base: BaselineStat | None) -> float:
+    if observed is None or base is None or base.median <= 0:
         return 0.0
-    return round((observed[-1] - base.median) / base.median * 100.0, 4)
+    return round((observed - base.median) / base.median * 100.0, 4)
 
 
 def build_outcome(ctx: RolloutContext, rec: Recommendation, execution: Execution) -> Outcome:
+    """The outcome valued in every currency: money, latency, utilization, quality."""
     rolled_back = execution.status != ExecutionStatus.SUCCEEDED
     savings = 0.0
     if not rolled_back:
         after = fleet_usd_hour(ctx.state.list_instances(rec.deployment_id))
-        savings = round((_before_usd_hour(ctx, execution, rec) - after) * HOURS_PER_MONTH, 2)
-    delta = _quality_delta_pct(ctx, execution)
+        before = config_usd_hour(_restore_to(rec, execution))
+        savings = round((before - after) * ctx.settings.hours_per_month, 2)
+    quality = _delta_pct(_last(execution, "quality_mean"), ctx.baselines.get("quality_score"))
+    latency = _delta_pct(_last(execution, "latency_p95_ms"), ctx.baselines.get("latency_p95_ms"))
+    util_now, util_base = _last(execution, "gpu_util_pct"), ctx.baselines.get("gpu_util_pct")
+    utilization = 0.0 if util_now is None or util_base is None else round(util_now - util_base.median, 4)
     verdict = f"rolled back at {execution.stage}%: {execution.reason}" if rolled_back else "succeeded"
     return Outcome(
         recommendation_id=rec.id,
@@ -393,9 +352,14 @@ def build_outcome(ctx: RolloutContext, rec: Recommendation, execution: Execution
         deployment_id=rec.deployment_id,
         rolled_back=rolled_back,
         realized_monthly_savings_usd=savings,
-        quality_delta_pct=delta,
-        features=action_of(rec).features(rec),
-        summary=f"{rec.kind} of {rec.deployment_id} {verdict}; quality {delta:+.2f}%, saves ${savings:,.0f}/month",
+        quality_delta_pct=quality,
+        latency_p95_delta_pct=latency,
+        utilization_delta_pct=utilization,
+        features=rec.features,
+        summary=(
+            f"{rec.kind} of {rec.deployment_id} {verdict}; quality {quality:+.2f}%, p95 {latency:+.1f}%, "
+            f"saves ${savings:,.0f}/month"
+        ),
         at=execution.finished_at or ctx.clock(),
     )
 

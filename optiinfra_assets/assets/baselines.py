@@ -6,20 +6,21 @@ import dagster as dg
 import polars as pl
 
 from optiinfra_assets.agents.baselines import ALL_HOURS, BASELINE_METRICS, compute_baselines
+from optiinfra_assets.assets.automation import ANALYSIS_AUTOMATION
 from optiinfra_assets.assets.metrics import RAW_METRIC_SPECS
 from optiinfra_assets.metrics import Domain
-from optiinfra_assets.reporting import md_table
+from optiinfra_assets.reporting import table
 from resources.dagster_resources import MetricStoreResource
 
 LOOKBACK_DAYS = 7
 
 
-def _summary(rows: pl.DataFrame) -> str:
+def _summary(rows: pl.DataFrame) -> dg.MetadataValue:
     """Per deployment and metric: the median over hours of week of the hourly medians, and coverage."""
     rows = rows.filter(pl.col("hour_of_week") < ALL_HOURS)  # leave out the whole-week rows
     if rows.is_empty():
-        return "_no data yet_"
-    table = (
+        return dg.MetadataValue.md("_no data yet_")
+    summary = (
         rows.group_by("deployment_id", "metric")
         .agg(
             pl.col("median").median().round(3).alias("median"),
@@ -29,7 +30,7 @@ def _summary(rows: pl.DataFrame) -> str:
         )
         .sort("deployment_id", "metric")
     )
-    return md_table(table.to_dicts())
+    return table(summary.to_dicts())
 
 
 def _baseline_asset(domain: Domain) -> dg.AssetsDefinition:
@@ -38,6 +39,7 @@ def _baseline_asset(domain: Domain) -> dg.AssetsDefinition:
         group_name="baselines",
         deps=[RAW_METRIC_SPECS[domain].key],
         kinds={"clickhouse"},
+        automation_condition=ANALYSIS_AUTOMATION,
         description=f"Median, MAD, p05 and p95 of {', '.join(BASELINE_METRICS[domain])} per customer, "
         f"deployment and hour of week (UTC) over the last {LOOKBACK_DAYS} days.",
     )
@@ -52,7 +54,7 @@ def _baseline_asset(domain: Domain) -> dg.AssetsDefinition:
                 "hours_of_week_covered": rows.filter(pl.col("hour_of_week") < ALL_HOURS)[
                     "hour_of_week"
                 ].n_unique(),
-                "summary": dg.MetadataValue.md(_summary(rows)),
+                "summary": _summary(rows),
             }
         )
 

@@ -6,7 +6,7 @@ import dagster as dg
 
 from optiinfra_assets.collection import collect_metrics
 from optiinfra_assets.metrics import SCHEMAS, Domain
-from optiinfra_assets.reporting import md_table
+from optiinfra_assets.reporting import table
 from optiinfra_assets.workflow import ensure_sandbox_fleet, fleet_summary
 from resources.dagster_resources import FleetResource, MetricStoreResource, StateStoreResource
 
@@ -22,7 +22,7 @@ def fleet_inventory(
 ) -> dg.MaterializeResult:
     """Customers, deployments and running instances. Seeds the sandbox fleet on first start."""
     state = state_store.get()
-    if fleet.source == "sandbox" and ensure_sandbox_fleet(state, fleet.seed, datetime.now(UTC)):
+    if fleet.metrics_source == "sandbox" and ensure_sandbox_fleet(state, fleet.seed, datetime.now(UTC)):
         context.log.info("seeded the sandbox fleet (seed %s)", fleet.seed)
     rows = fleet_summary(state)
     return dg.MaterializeResult(
@@ -31,7 +31,7 @@ def fleet_inventory(
             "deployments": len(rows),
             "running_instances": sum(r["on_demand"] + r["spot"] for r in rows),
             "spot_instances": sum(r["spot"] for r in rows),
-            "fleet": dg.MetadataValue.md(md_table(rows)),
+            "fleet": table(rows),
         }
     )
 
@@ -51,7 +51,7 @@ def _spec(domain: Domain) -> dg.AssetSpec:
 RAW_METRIC_SPECS = {domain: _spec(domain) for domain in Domain}
 
 
-def _customer_summary(store, domain: Domain, since: datetime) -> str:
+def _customer_summary(store, domain: Domain, since: datetime) -> dg.MetadataValue:
     schema = SCHEMAS[domain]
     measures = [m.name for m in schema.measures][:3]
     averages = ", ".join(f"round(avg({m}), 3) AS avg_{m}" for m in measures)
@@ -61,7 +61,7 @@ def _customer_summary(store, domain: Domain, since: datetime) -> str:
         "GROUP BY customer_id ORDER BY customer_id",
         {"since": since},
     )
-    return md_table(frame.to_dicts())
+    return table(frame.to_dicts())
 
 
 @dg.multi_asset(specs=list(RAW_METRIC_SPECS.values()))
@@ -78,7 +78,7 @@ def raw_metrics(
     report = collect_metrics(
         state,
         store,
-        fleet.metric_source,
+        lambda step_s: fleet.metric_source(state, step_s),
         now,
         backfill_days=fleet.backfill_days,
         backfill_step_s=fleet.backfill_step_s,
@@ -98,10 +98,8 @@ def raw_metrics(
                 "windows": len(report.windows),
                 "backfill": any(w.is_backfill for w in report.windows),
                 "source_status": "; ".join(sorted(set(report.statuses))) or "no new window",
-                "quarantine_reasons": dg.MetadataValue.md(
-                    md_table([{"reason": r, "rows": n} for r, n in sorted(reasons.items())])
-                ),
-                "per_customer": dg.MetadataValue.md(summary),
+                "quarantine_reasons": table([{"reason": r, "rows": n} for r, n in sorted(reasons.items())]),
+                "per_customer": summary,
                 "window_start": since.isoformat(),
                 "window_end": now.isoformat(),
             },
@@ -136,7 +134,8 @@ def _freshness_check(domain: Domain) -> dg.AssetChecksDefinition:
 def _well_formed_check(domain: Domain) -> dg.AssetChecksDefinition:
     schema = SCHEMAS[domain]
     bad = " OR ".join(
-        f"NOT isFinite({m.name}) OR {m.name} < {m.lo}"
+        # NaN is "not reported" (a scraper whose server does not export the measure); inf never is valid.
+        f"isInfinite({m.name}) OR {m.name} < {m.lo}"
         + (f" OR {m.name} > {m.hi}" if m.hi != float("inf") else "")
         for m in schema.measures
     )

@@ -1,40 +1,43 @@
-"""The agent registry: each agent's capabilities and health (last success, freshness)."""
-
-import time
+"""The agent registry: each agent's capabilities and health, health being the freshness Dagster
+evaluates for the agent's assets (the FreshnessPolicy applied in definitions.py)."""
 
 import dagster as dg
 
-from optiinfra_assets.agents.registry import AGENTS
-from optiinfra_assets.reporting import md_table
+from optiinfra_assets.agents.registry import agents
+from optiinfra_assets.reporting import table
+
+HEALTH = {"PASS": "healthy", "WARN": "late", "FAIL": "stale", "UNKNOWN": "unknown"}
 
 
-@dg.asset(group_name="agents", kinds={"python"})
+@dg.asset(
+    group_name="agents",
+    kinds={"python"},
+    automation_condition=(
+        dg.AutomationCondition.on_cron("*/15 * * * *") & ~dg.AutomationCondition.in_progress()
+    ).with_label("every 15 minutes"),
+)
 def agent_registry(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    """Health = age of the newest materialization among the agent's assets (stale past its limit)."""
-    now = time.time()
+    """Each agent's capabilities, detectors and the kinds it validates; its health is the worst
+    freshness state of its assets (unknown until the freshness daemon has evaluated them)."""
     rows = []
-    for agent in AGENTS:
-        stamps = []
-        for key in agent.assets:
-            event = context.instance.get_latest_materialization_event(dg.AssetKey(key))
-            if event is not None:
-                stamps.append(event.timestamp)
-        last = max(stamps) if stamps else None
-        age = (now - last) / 60 if last else None
-        healthy = age is not None and age <= agent.max_age_minutes
+    for agent in agents():
+        keys = [dg.AssetKey(k) for k in agent.assets]
+        records = context.instance.get_freshness_state_records(keys) if keys else {}
+        states = [records[k].freshness_state.value if k in records else "UNKNOWN" for k in keys]
+        worst = next((s for s in ("FAIL", "WARN", "UNKNOWN", "PASS") if s in states), "UNKNOWN")
         rows.append(
             {
                 "agent": agent.name,
-                "capabilities": ", ".join(agent.capabilities),
-                "last_success": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(last)) if last else "never",
-                "age_minutes": round(age, 1) if age is not None else "",
-                "health": "healthy" if healthy else "stale",
+                "capabilities": ", ".join(agent.capabilities) or "-",
+                "detectors": ", ".join(agent.detectors) or "-",
+                "validates": ", ".join(agent.validates) or "-",
+                "health": HEALTH[worst],
             }
         )
     return dg.MaterializeResult(
         metadata={
             "agents": len(rows),
             "healthy_agents": sum(1 for r in rows if r["health"] == "healthy"),
-            "registry": dg.MetadataValue.md(md_table(rows)),
+            "registry": table(rows),
         }
     )

@@ -1,4 +1,4 @@
-"""The cost agent's spot analysis: what moving a deployment's on-demand replicas to spot saves and risks.
+"""Spot migration: move a deployment's on-demand replicas to spot, for what it saves, at a stated risk.
 
 Prices and interruption bands come from the catalog (public Spot Advisor / price data); latency headroom
 comes from the deployment's learned p95 baseline. Everything here is plain, explainable arithmetic.
@@ -7,25 +7,28 @@ comes from the deployment's learned p95 baseline. Everything here is plain, expl
 from __future__ import annotations
 
 import math
-import uuid
-from datetime import datetime, timedelta
+from collections.abc import Iterator
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from optiinfra_assets.agents.baselines import BaselineStat
-from optiinfra_assets.catalog import InstanceType, instance_type, model
-from optiinfra_assets.models import (
-    Customer,
-    Deployment,
-    Instance,
-    InstanceState,
-    Lifecycle,
-    Recommendation,
-    Risk,
+from optiinfra_assets.agents import application, performance
+from optiinfra_assets.agents.capability import (
+    Capability,
+    Estimate,
+    Evidence,
+    Objective,
+    Proposal,
+    Skip,
+    risk_level,
 )
+from optiinfra_assets.agents.cost import AGENT
+from optiinfra_assets.catalog import InstanceType, instance_type, model
+from optiinfra_assets.config import DecisionSettings
+from optiinfra_assets.models import Customer, Deployment, Instance, InstanceState, Lifecycle, Risk
+from optiinfra_assets.snapshot import BaselineStat, FleetSnapshot
 
 KIND = "spot_migration"
-ROLLOUT_STAGES = (10, 50, 100)
 
 # Risk formula weights (they sum to 1, so the score stays in 0..1). The interruption rate counts most:
 # it is how often capacity is lost at all; concentration says how much is lost at once; headroom says
@@ -37,9 +40,6 @@ W_HEADROOM = 0.2
 MAX_INTERRUPTION_RATE = 0.30
 # At or above this SLO headroom (p95 at half the SLO or less) an interruption has room to be absorbed.
 COMFORTABLE_HEADROOM = 0.5
-# Risk level thresholds on the 0..1 score: below LOW_BELOW is low, below HIGH_FROM medium, else high.
-LOW_BELOW = 0.33
-HIGH_FROM = 0.66
 
 # Feature scales for the decision-memory vector (largest values in the catalog, so features land in 0..1).
 _MAX_GPU_MEMORY_GIB = 8 * 141.0  # p5en.48xlarge: 8 x H200
@@ -47,7 +47,8 @@ _MAX_PARAMS_B = 405.0  # Llama-3.1-405B
 _SAVINGS_DECADES = 6.0  # log10(1 + $1M/month) ~ 6
 
 
-class SpotAnalysis(BaseModel):
+class SpotMigrationEvidence(Evidence):
+    kind: Literal["spot_migration"] = KIND
     customer_id: str
     deployment_id: str
     instance_type: str
@@ -65,14 +66,6 @@ class SpotAnalysis(BaseModel):
     risk_score: float = Field(ge=0, le=1)
     risk: Risk
     eligible: bool
-    reasons: list[str] = Field(default_factory=list)
-
-
-def risk_level(score: float) -> Risk:
-    """Map a 0..1 risk score to a level: < 0.33 low, < 0.66 medium, otherwise high."""
-    if score < LOW_BELOW:
-        return Risk.LOW
-    return Risk.MEDIUM if score < HIGH_FROM else Risk.HIGH
 
 
 def _clamp01(value: float) -> float:
@@ -80,7 +73,7 @@ def _clamp01(value: float) -> float:
 
 
 def _replica_counts(deployment: Deployment, instances: list[Instance]) -> tuple[int, int, bool]:
-    """(replicas, on-demand replicas, whether instances were reported) from the running instances."""
+    """(replicas, on-demand replicas, whether instances were reported) from the deployment's running ones."""
     running = [i for i in instances if i.deployment_id == deployment.id and i.state == InstanceState.RUNNING]
     if not running:
         return deployment.replicas, deployment.replicas, False
@@ -141,11 +134,10 @@ def _ineligibility(customer: Customer, itype: InstanceType, on_demand: int, savi
 def analyze_spot_migration(
     customer: Customer,
     deployment: Deployment,
-    instances: list[Instance],
+    running: list[Instance],
     latency_p95: BaselineStat | None,
-    *,
-    hours_per_month: float = 730.0,
-) -> SpotAnalysis:
+    settings: DecisionSettings | None = None,
+) -> SpotMigrationEvidence:
     """Analyze moving the deployment's on-demand replicas to spot.
 
     Savings = on-demand replicas moved x (on-demand - spot $/h) x hours per month, from catalog prices.
@@ -154,11 +146,12 @@ def analyze_spot_migration(
     disallows spot, the type has no spot price, nothing runs on-demand or savings are below the customer's
     minimum; the reasons list says why in words and numbers.
     """
+    settings = settings or DecisionSettings()
     itype = instance_type(deployment.instance_type)
-    replicas, on_demand, reported = _replica_counts(deployment, instances)
+    replicas, on_demand, reported = _replica_counts(deployment, running)
     spot_price = itype.spot_usd_hour
     per_hour = 0.0 if spot_price is None else itype.ondemand_usd_hour - spot_price
-    savings = on_demand * per_hour * hours_per_month
+    savings = on_demand * per_hour * settings.hours_per_month
     savings_pct = 100.0 * per_hour / itype.ondemand_usd_hour
     band_rate = itype.spot_interrupt_rate
     rate = None if band_rate is None else band_rate[1]
@@ -178,8 +171,9 @@ def analyze_spot_migration(
         reasons.append(
             f"baseline p95 {latency_p95.median:.0f} ms vs SLO {customer.slo_p95_latency_ms:.0f} ms"
         )
-    reasons.append(f"risk {score:.2f} ({risk_level(score).value}) = " + " + ".join(factors))
-    return SpotAnalysis(
+    level = risk_level(score, settings)
+    reasons.append(f"risk {score:.2f} ({level.value}) = " + " + ".join(factors))
+    return SpotMigrationEvidence(
         customer_id=customer.id,
         deployment_id=deployment.id,
         instance_type=itype.name,
@@ -195,70 +189,87 @@ def analyze_spot_migration(
         expected_interruptions_per_month=round((rate or 0.0) * replicas, 4),
         slo_headroom=None if headroom is None else round(headroom, 4),
         risk_score=round(score, 4),
-        risk=risk_level(score),
+        risk=level,
         eligible=not blockers,
         reasons=reasons,
     )
 
 
-def spot_migration_recommendation(
-    analysis: SpotAnalysis, now: datetime, ttl: timedelta
-) -> Recommendation | None:
-    """The recommendation for an eligible analysis (None when not eligible), expiring after ``ttl``."""
-    if not analysis.eligible:
-        return None
-    moved = analysis.on_demand_replicas
-    summary = (
-        f"Move {moved} on-demand {analysis.instance_type} replica{'s' if moved != 1 else ''} of "
-        f"{analysis.deployment_id} ({analysis.model}) to spot to save "
-        f"${analysis.estimated_monthly_savings_usd:,.0f}/month ({analysis.savings_pct:.0f}%) at "
-        f"{analysis.risk.value} risk."
-    )
-    return Recommendation(
-        id=f"rec-{uuid.uuid4().hex[:12]}",
-        kind=KIND,
-        customer_id=analysis.customer_id,
-        deployment_id=analysis.deployment_id,
-        created_at=now,
-        expires_at=now + ttl,
-        estimated_monthly_savings_usd=analysis.estimated_monthly_savings_usd,
-        risk=analysis.risk,
-        risk_score=analysis.risk_score,
-        summary=summary,
-        action={
-            "kind": KIND,
-            "to_lifecycle": Lifecycle.SPOT.value,
-            "replicas": moved,
-            "stages": list(ROLLOUT_STAGES),
-            "instance_type": analysis.instance_type,
-        },
-        evidence=analysis.model_dump(mode="json"),
-    )
-
-
-def spot_scenario_features(analysis: SpotAnalysis) -> dict[str, float]:
+def spot_scenario_features(evidence: SpotMigrationEvidence) -> dict[str, float]:
     """The scenario as a fixed set of numeric features in ~0..1 (the decision-memory vector).
 
     Same keys, same order, every time; unknowns take their most cautious value so that a scenario with
     missing data resembles risky ones rather than safe ones.
     """
-    itype = instance_type(analysis.instance_type)
-    spec = model(analysis.model)
+    itype = instance_type(evidence.instance_type)
+    spec = model(evidence.model)
     params_b = spec.param_count() / 1e9
     weight_gib = spec.weight_bytes() / 1024**3
-    rate = analysis.interruption_rate_monthly
-    headroom = analysis.slo_headroom
+    rate = evidence.interruption_rate_monthly
+    headroom = evidence.slo_headroom
     return {
         "interruption_rate": 1.0 if rate is None else _clamp01(rate / MAX_INTERRUPTION_RATE),
-        "replica_concentration": 1.0 / max(analysis.replicas, 1),
-        "on_demand_share": analysis.on_demand_replicas / max(analysis.replicas, 1),
-        "savings_pct": _clamp01(analysis.savings_pct / 100.0),
+        "replica_concentration": 1.0 / max(evidence.replicas, 1),
+        "on_demand_share": evidence.on_demand_replicas / max(evidence.replicas, 1),
+        "savings_pct": _clamp01(evidence.savings_pct / 100.0),
         "monthly_savings_log": _clamp01(
-            math.log10(1.0 + max(analysis.estimated_monthly_savings_usd, 0.0)) / _SAVINGS_DECADES
+            math.log10(1.0 + max(evidence.estimated_monthly_savings_usd, 0.0)) / _SAVINGS_DECADES
         ),
         "slo_headroom": 0.0 if headroom is None else _clamp01(headroom),
         "gpu_memory": _clamp01(itype.gpu_memory_gib_total / _MAX_GPU_MEMORY_GIB),
         "model_size_log": _clamp01(math.log10(1.0 + params_b) / math.log10(1.0 + _MAX_PARAMS_B)),
         "memory_pressure": _clamp01(weight_gib / itype.gpu_memory_gib_total),
-        "risk_score": analysis.risk_score,
+        "risk_score": evidence.risk_score,
     }
+
+
+class SpotMigration(Capability):
+    kind: ClassVar[str] = KIND
+    agent: ClassVar[str] = AGENT
+    objective: ClassVar[Objective] = Objective.COST
+    description: ClassVar[str] = (
+        "Move on-demand replicas to spot where the saving is worth the interruption risk."
+    )
+    evidence_model = SpotMigrationEvidence
+    stage_checks = (application.quality_gate, performance.latency_slo)
+
+    def analyze(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> Iterator[Proposal | Skip]:
+        for deployment in snapshot.deployments:
+            customer = snapshot.customer_by_id.get(deployment.customer_id)
+            if customer is None:
+                yield Skip(deployment_id=deployment.id, reason=f"unknown customer '{deployment.customer_id}'")
+                continue
+            running = snapshot.running_by_deployment.get(deployment.id, [])
+            latency = snapshot.baseline(deployment.id, "latency_p95_ms")
+            evidence = analyze_spot_migration(customer, deployment, running, latency, settings)
+            if not evidence.eligible:
+                yield Skip(deployment_id=deployment.id, reason="not eligible: " + "; ".join(evidence.reasons))
+                continue
+            yield self._proposal(deployment, evidence)
+
+    def _proposal(self, deployment: Deployment, evidence: SpotMigrationEvidence) -> Proposal:
+        # Configs are desired states: the recorded one, and the same with every replica on spot.
+        current = deployment.config
+        desired = current.model_copy(update={"on_demand_replicas": 0, "spot_replicas": current.replicas})
+        moved = evidence.on_demand_replicas
+        summary = (
+            f"Move {moved} on-demand {evidence.instance_type} replica{'s' if moved != 1 else ''} of "
+            f"{evidence.deployment_id} ({evidence.model}) to spot to save "
+            f"${evidence.estimated_monthly_savings_usd:,.0f}/month ({evidence.savings_pct:.0f}%) at "
+            f"{evidence.risk.value} risk."
+        )
+        return Proposal(
+            kind=KIND,
+            customer_id=evidence.customer_id,
+            deployment_id=evidence.deployment_id,
+            current=current,
+            desired=desired,
+            evidence=evidence,
+            estimate=Estimate(monthly_savings_usd=evidence.estimated_monthly_savings_usd),
+            risk_score=evidence.risk_score,
+            summary=summary,
+        )
+
+    def features(self, proposal: Proposal) -> dict[str, float]:
+        assert isinstance(proposal.evidence, SpotMigrationEvidence)
+        return spot_scenario_features(proposal.evidence)

@@ -1,0 +1,104 @@
+"""The fleet as one pass of work sees it: read once, with set-based queries, then handed around.
+
+Collection reads only the fleet (customers, deployments, instances, faults). Analysis reads the same plus
+each deployment's whole-week baselines and recent figures, one query per metric domain for the whole
+fleet, so that no capability ever queries a store per deployment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from functools import cached_property
+
+import polars as pl
+
+from optiinfra_assets.models import (
+    Customer,
+    Deployment,
+    DeploymentConfig,
+    Fault,
+    Instance,
+    InstanceState,
+    Lifecycle,
+)
+
+
+@dataclass(frozen=True)
+class BaselineStat:
+    median: float
+    mad: float
+    p05: float
+    p95: float
+    n: int
+
+
+@dataclass
+class FleetSnapshot:
+    customers: list[Customer]
+    deployments: list[Deployment]
+    instances: list[Instance]  # running ones, plus ended ones when the reader asked for them
+    faults: list[Fault] = field(default_factory=list)
+    taken_at: datetime | None = None
+    # deployment_id -> metric -> whole-week baseline (the ALL_HOURS row); empty for collection.
+    baselines: dict[str, dict[str, BaselineStat]] = field(default_factory=dict)
+    # domain -> per deployment-hour rollup of the lookback (MetricStore.hourly), the whole fleet at once.
+    hourly: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+    def owners(self) -> dict[str, tuple[str, str]]:
+        """instance_id -> (customer_id, deployment_id) for every instance the fleet knows."""
+        customer_of = {d.id: d.customer_id for d in self.deployments}
+        return {
+            i.id: (customer_of[i.deployment_id], i.deployment_id)
+            for i in self.instances
+            if i.deployment_id in customer_of
+        }
+
+    def owner(self, instance_id: str) -> tuple[str, str]:
+        """(customer_id, deployment_id) of an instance; empty strings when the fleet does not know it."""
+        return self.owners().get(instance_id, ("", ""))
+
+    @cached_property
+    def customer_by_id(self) -> dict[str, Customer]:
+        return {c.id: c for c in self.customers}
+
+    @cached_property
+    def running_by_deployment(self) -> dict[str, list[Instance]]:
+        out: dict[str, list[Instance]] = {d.id: [] for d in self.deployments}
+        for inst in self.instances:
+            if inst.state is InstanceState.RUNNING and inst.deployment_id in out:
+                out[inst.deployment_id].append(inst)
+        return out
+
+    def baseline(self, deployment_id: str, metric: str) -> BaselineStat | None:
+        return self.baselines.get(deployment_id, {}).get(metric)
+
+    def hourly_of(self, domain: str, deployment_id: str) -> pl.DataFrame:
+        """The deployment's hourly rows of a domain, oldest first (empty when none were read)."""
+        frame = self.hourly.get(domain)
+        if frame is None or frame.is_empty():
+            return pl.DataFrame()
+        return frame.filter(pl.col("deployment_id") == deployment_id).sort("hour")
+
+    def with_config(self, deployment_id: str, config: DeploymentConfig) -> FleetSnapshot:
+        """This snapshot as if ``deployment_id`` already ran as ``config`` (for re-evaluating a change on
+        top of another): its recorded config and running instances are replaced by planned ones."""
+        deployments = [
+            d.model_copy(update={"config": config}) if d.id == deployment_id else d for d in self.deployments
+        ]
+        template = next((i for i in self.instances if i.deployment_id == deployment_id), None)
+        launched = template.launched_at if template else (self.taken_at or datetime.min)
+        planned = [
+            Instance(
+                id=f"planned-{deployment_id}-{lc.value}-{n}",
+                deployment_id=deployment_id,
+                instance_type=config.instance_type,
+                lifecycle=lc,
+                engine=config.engine,
+                launched_at=launched,
+            )
+            for lc in (Lifecycle.ON_DEMAND, Lifecycle.SPOT)
+            for n in range(config.replicas_on(lc))
+        ]
+        others = [i for i in self.instances if i.deployment_id != deployment_id]
+        return replace(self, deployments=deployments, instances=others + planned)
