@@ -1,16 +1,31 @@
-"""Public facts about EC2 GPU instance types and open models, written into code.
+"""Public facts about GPUs, EC2 GPU instance types and open models, written into code.
 
-The figures were transcribed from public sources (Karpenter's instance-type reference and price table,
-Vantage's instance data, the AWS Spot Advisor feed, SkyPilot's catalog; litgpt's transcription of each
-model's config.json) so that the project stands alone: nothing here is read or downloaded at run time.
+The figures were transcribed from public sources (vendor datasheets; Karpenter's instance-type reference and
+price table, Vantage's instance data, the AWS Spot Advisor feed, SkyPilot's catalog; litgpt's transcription
+of each model's config.json; vLLM startup logs for the memory a driver reports) so that the project stands
+alone: nothing here is read or downloaded at run time.
 Prices are us-east-1 Linux: on-demand mid-2026, 1-year standard no-upfront reserved late 2025.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from optiinfra_assets.models import Lifecycle
+from optiinfra_assets.models import DeploymentConfig, EngineConfig, KvCacheDtype, Lifecycle, Quantization
+
+# ------------------------------------------------------------------------------------------------ GPUs
+
+# Datatype features a GPU's tensor cores (and vLLM's kernels for them) provide. NVIDIA's follow from the
+# compute capability: bf16 from Ampere (8.0, vLLM refuses bf16 below it), native FP8 from Ada/Hopper (8.9),
+# and vLLM's INT8 W8A8 (CUTLASS) and 4-bit AWQ/GPTQ kernels from Turing (7.5).
+FEATURE_MIN_CAPABILITY: dict[str, tuple[int, int]] = {
+    "fp16": (7, 0),
+    "bf16": (8, 0),
+    "fp8": (8, 9),
+    "int8": (7, 5),
+    "int4": (7, 5),
+}
 
 
 @dataclass(frozen=True)
@@ -20,28 +35,232 @@ class GpuSpec:
     fp16_tflops: float  # dense fp16/bf16 tensor-core throughput (no sparsity)
     tdp_w: float
     idle_w: float
+    memory_gb: float  # nominal, as sold ("80 GB")
+    # Total memory as the driver reports it to the process (torch.cuda.mem_get_info()[1]), which is what vLLM
+    # multiplies by gpu_memory_utilization: an "80 GB" H100 reports 79.19 GiB, not 80.
+    memory_gib_reported: float
+    fp8_tflops: float | None  # dense FP8 tensor throughput; None where there are no FP8 tensor cores
+    int8_tops: float | None  # dense INT8 tensor throughput
+    compute_capability: tuple[int, int] | None  # NVIDIA only
+    features: frozenset[str]
+    link_gb_s: float  # per-GPU bandwidth a tensor-parallel all-reduce sees: NVLink/xGMI, else PCIe
+    aliases: tuple[str, ...]
+
+    @property
+    def supports_fp8(self) -> bool:
+        return "fp8" in self.features
+
+    @property
+    def nvlink(self) -> bool:
+        return self.link_gb_s >= NVLINK_MIN_GB_S
+
+    def gemm_tflops(self, kind: str) -> float:
+        """Dense tensor throughput for GEMMs of a kind ("fp16", "fp8", "int8"), fp16 where it lacks one."""
+        rate = {"fp8": self.fp8_tflops, "int8": self.int8_tops}.get(kind)
+        return rate if rate is not None else self.fp16_tflops
 
 
-# Bandwidth, dense fp16/bf16 tensor TFLOPS and TDP are NVIDIA vendor datasheet figures.
-# Idle power: an NVML reading on a real H100 80GB HBM3 gave ~125 W idle against its 700 W limit (~18%);
-# the other GPUs are scaled by the same fraction of their TDP. It is an estimate, not a measurement.
+# Bandwidth, dense tensor TFLOPS, compute capability and TDP are vendor datasheet figures (GeForce cards:
+# fp16 with fp32 accumulate, what PyTorch and vLLM use). Idle power: an NVML reading on a real H100 80GB HBM3
+# gave ~125 W idle against its 700 W limit (~18%); the other GPUs are scaled by the same fraction of their
+# TDP. It is an estimate, not a measurement.
 _IDLE_FRACTION = 125.0 / 700.0
+# Effective per-direction bandwidth of the link an all-reduce crosses: half the NVLink aggregate, or PCIe
+# Gen4 x16 (~25 GB/s achieved; Gen3 ~12).
+NVLINK_MIN_GB_S = 100.0
+PCIE4_GB_S = 25.0
+PCIE3_GB_S = 12.0
+# Reported totals from vLLM logs that name the GPU: H100 SXM 79.19 GiB (llm-d-planner accuracy logs, vLLM
+# 0.19.0), A100 40GB 39.38 GiB (vllm-project/vllm#16570), RTX 3090 23.58 GiB (vllm-project/vllm#10517).
+# Marked "est." below: figures seen in logs that do not name the GPU (14.74 GiB for a 15 GB card, 22.07 for
+# a 24 GB A10-class one, 79.15 for an 80 GB A100-era card) or nvidia-smi's total less the ~0.45 GiB the
+# driver keeps, the gap seen on the H100 (79.65 -> 79.19).
 
 
-def _gpu(name: str, bandwidth: float, tflops: float, tdp: float) -> GpuSpec:
-    return GpuSpec(name, bandwidth, tflops, tdp, round(tdp * _IDLE_FRACTION, 1))
+def _capability_features(cc: tuple[int, int]) -> frozenset[str]:
+    return frozenset(f for f, need in FEATURE_MIN_CAPABILITY.items() if cc >= need)
 
 
-T4 = _gpu("T4", 320.0, 65.0, 70.0)
-A10G = _gpu("A10G", 600.0, 125.0, 300.0)
-L4 = _gpu("L4", 300.0, 121.0, 72.0)
-L40S = _gpu("L40S", 864.0, 362.0, 350.0)
-A100_40 = _gpu("A100 40GB", 1555.0, 312.0, 400.0)
-A100_80 = _gpu("A100 80GB", 2039.0, 312.0, 400.0)
-H100 = _gpu("H100 SXM", 3350.0, 989.0, 700.0)
-H200 = _gpu("H200", 4800.0, 989.0, 700.0)
-V100 = _gpu("V100", 900.0, 125.0, 300.0)
-GPUS: dict[str, GpuSpec] = {g.name: g for g in (T4, A10G, L4, L40S, A100_40, A100_80, H100, H200, V100)}
+def _gpu(
+    name: str,
+    *,
+    memory_gb: float,
+    reported_gib: float,
+    bandwidth: float,
+    tflops: float,
+    fp8: float | None,
+    int8: float | None,
+    cc: tuple[int, int] | None,
+    tdp: float,
+    link: float,
+    aliases: tuple[str, ...] = (),
+    features: frozenset[str] | None = None,
+) -> GpuSpec:
+    if features is None:
+        assert cc is not None, name
+        features = _capability_features(cc)
+    return GpuSpec(
+        name=name,
+        memory_bandwidth_gb_s=bandwidth,
+        fp16_tflops=tflops,
+        tdp_w=tdp,
+        idle_w=round(tdp * _IDLE_FRACTION, 1),
+        memory_gb=memory_gb,
+        memory_gib_reported=reported_gib,
+        fp8_tflops=fp8,
+        int8_tops=int8,
+        compute_capability=cc,
+        features=features,
+        link_gb_s=link,
+        aliases=aliases,
+    )
+
+
+# fmt: off
+T4 = _gpu("T4", memory_gb=16, reported_gib=14.74, bandwidth=320.0, tflops=65.0, fp8=None, int8=130.0,
+          cc=(7, 5), tdp=70.0, link=PCIE3_GB_S, aliases=("tesla t4",))  # est.
+V100 = _gpu("V100", memory_gb=16, reported_gib=15.77, bandwidth=900.0, tflops=125.0, fp8=None, int8=None,
+            cc=(7, 0), tdp=300.0, link=150.0, aliases=("v100 16gb", "tesla v100", "v100 sxm2 16gb"))  # est.
+V100_32 = _gpu("V100 32GB", memory_gb=32, reported_gib=31.74, bandwidth=900.0, tflops=125.0, fp8=None,
+               int8=None, cc=(7, 0), tdp=300.0, link=150.0, aliases=("v100 sxm2 32gb",))  # est.
+A10G = _gpu("A10G", memory_gb=24, reported_gib=22.07, bandwidth=600.0, tflops=125.0, fp8=None, int8=250.0,
+            cc=(8, 6), tdp=300.0, link=PCIE4_GB_S, aliases=("a10", "a10 24gb"))  # est.
+L4 = _gpu("L4", memory_gb=24, reported_gib=22.05, bandwidth=300.0, tflops=121.0, fp8=242.5, int8=242.5,
+          cc=(8, 9), tdp=72.0, link=PCIE4_GB_S)  # est.
+A40 = _gpu("A40", memory_gb=48, reported_gib=44.53, bandwidth=696.0, tflops=149.7, fp8=None, int8=299.3,
+           cc=(8, 6), tdp=300.0, link=PCIE4_GB_S)  # est.
+L40S = _gpu("L40S", memory_gb=48, reported_gib=44.53, bandwidth=864.0, tflops=362.0, fp8=733.0, int8=733.0,
+            cc=(8, 9), tdp=350.0, link=PCIE4_GB_S)  # est.
+A6000 = _gpu("RTX A6000", memory_gb=48, reported_gib=47.54, bandwidth=768.0, tflops=154.8, fp8=None,
+             int8=309.7, cc=(8, 6), tdp=300.0, link=PCIE4_GB_S, aliases=("a6000",))  # est.
+RTX3090 = _gpu("RTX 3090", memory_gb=24, reported_gib=23.58, bandwidth=936.0, tflops=35.6, fp8=None,
+               int8=142.0, cc=(8, 6), tdp=350.0, link=PCIE4_GB_S, aliases=("3090",))
+RTX4090 = _gpu("RTX 4090", memory_gb=24, reported_gib=23.55, bandwidth=1008.0, tflops=165.2, fp8=330.3,
+               int8=660.6, cc=(8, 9), tdp=450.0, link=PCIE4_GB_S, aliases=("4090",))  # est.
+A100_40 = _gpu("A100 40GB", memory_gb=40, reported_gib=39.38, bandwidth=1555.0, tflops=312.0, fp8=None,
+               int8=624.0, cc=(8, 0), tdp=400.0, link=300.0, aliases=("a100 sxm4 40gb",))
+A100_80 = _gpu("A100 80GB", memory_gb=80, reported_gib=79.15, bandwidth=2039.0, tflops=312.0, fp8=None,
+               int8=624.0, cc=(8, 0), tdp=400.0, link=300.0, aliases=("a100 sxm4 80gb",))  # est.
+H100 = _gpu("H100 SXM", memory_gb=80, reported_gib=79.19, bandwidth=3350.0, tflops=989.0, fp8=1979.0,
+            int8=1979.0, cc=(9, 0), tdp=700.0, link=450.0,
+            aliases=("h100", "h100 80gb", "h100 sxm5", "h100 80gb hbm3", "h100 sxm 80gb"))
+H200 = _gpu("H200", memory_gb=141, reported_gib=139.8, bandwidth=4800.0, tflops=989.0, fp8=1979.0,
+            int8=1979.0, cc=(9, 0), tdp=700.0, link=450.0, aliases=("h200 141gb", "h200 sxm"))  # est.
+MI300X = _gpu("MI300X", memory_gb=192, reported_gib=191.5, bandwidth=5300.0, tflops=1307.4, fp8=2614.9,
+              int8=2614.9, cc=None, tdp=750.0, link=448.0, aliases=("instinct mi300x",),
+              features=frozenset({"fp16", "bf16", "fp8", "int8", "int4"}))  # est.
+# fmt: on
+GPUS: dict[str, GpuSpec] = {
+    g.name: g
+    for g in (
+        T4,
+        V100,
+        V100_32,
+        A10G,
+        L4,
+        A40,
+        L40S,
+        A6000,
+        RTX3090,
+        RTX4090,
+        A100_40,
+        A100_80,
+        H100,
+        H200,
+        MI300X,
+    )
+}
+
+# Vendor words people add to a GPU's name that do not tell GPUs apart.
+_NOISE_WORDS = re.compile(r"\b(nvidia|geforce|tesla|amd|radeon)\b")
+
+
+def _gpu_key(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", _NOISE_WORDS.sub("", text.lower()))
+
+
+_GPU_KEYS: dict[str, GpuSpec] = {
+    _gpu_key(alias): g for g in GPUS.values() for alias in (g.name, *g.aliases, g.name.replace("RTX ", ""))
+}
+
+
+def gpu(name: str) -> GpuSpec:
+    """A GPU by the name people write: "A100-80GB", "a100 80gb", "Tesla T4", "RTX 4090", "H100"."""
+    key = _gpu_key(name)
+    found = _GPU_KEYS.get(key) or _GPU_KEYS.get(re.sub(r"(sxm\d?|pcie|hbm\d?e?)", "", key))
+    if found is not None:
+        return found
+    similar = sorted(g.name for g in GPUS.values() if key and _gpu_key(g.name).startswith(key))
+    hint = f" (did you mean {' or '.join(similar)}?)" if similar else ""
+    raise KeyError(f"unknown GPU {name!r}{hint}; known: {', '.join(GPUS)}")
+
+
+# -------------------------------------------------------------------------------------- quantization
+
+
+@dataclass(frozen=True)
+class QuantFormat:
+    """How a weight format is stored and run: bytes per linear-layer weight (scales included), the tensor
+    rate its GEMMs run at, and the GPU feature vLLM's kernels for it need."""
+
+    weight_bytes: float
+    gemm: str  # "fp16", "fp8" or "int8"
+    feature: str
+
+
+# 4-bit AWQ/GPTQ checkpoints store, per group of 128 weights, an fp16 scale and a 4-bit zero point.
+_INT4_GROUP = 128
+QUANT_FORMATS: dict[Quantization, QuantFormat] = {
+    Quantization.FP16: QuantFormat(2.0, "fp16", "fp16"),
+    Quantization.BF16: QuantFormat(2.0, "fp16", "bf16"),
+    Quantization.FP8: QuantFormat(1.0, "fp8", "fp8"),
+    Quantization.INT8: QuantFormat(1.0, "int8", "int8"),
+    # W4A16: weights dequantized to fp16 inside the GEMM, so the math runs at the fp16 rate.
+    Quantization.INT4_AWQ: QuantFormat(0.5 + 2.5 / _INT4_GROUP, "fp16", "int4"),
+    Quantization.INT4_GPTQ: QuantFormat(0.5 + 2.5 / _INT4_GROUP, "fp16", "int4"),
+}
+KV_DTYPE_BYTES: dict[KvCacheDtype, int] = {
+    KvCacheDtype.AUTO: 2,
+    KvCacheDtype.FP16: 2,
+    KvCacheDtype.BF16: 2,
+    KvCacheDtype.FP8: 1,
+}
+_FEATURE_WHY = {
+    "bf16": "bfloat16 needs compute capability 8.0 (Ampere) or newer",
+    "fp8": "FP8 needs FP8 tensor cores: compute capability 8.9 or newer (L4, L40S, RTX 4090, H100, H200)",
+    "int8": "INT8 W8A8 kernels need compute capability 7.5 or newer",
+    "int4": "4-bit AWQ/GPTQ kernels need compute capability 7.5 or newer",
+    "fp16": "fp16 tensor cores need compute capability 7.0 or newer",
+}
+
+
+def unsupported_feature(g: GpuSpec, feature: str) -> str | None:
+    """Why a GPU cannot run a datatype feature, or None when it can."""
+    if feature in g.features:
+        return None
+    has = (
+        f"compute capability {g.compute_capability[0]}.{g.compute_capability[1]}"
+        if g.compute_capability
+        else "none"
+    )
+    return f"{_FEATURE_WHY[feature]}; {g.name} has {has}"
+
+
+def quantization_problem(g: GpuSpec, quantization: Quantization) -> str | None:
+    return unsupported_feature(g, QUANT_FORMATS[quantization].feature)
+
+
+def kv_dtype_problem(g: GpuSpec, kv: KvCacheDtype) -> str | None:
+    feature = {KvCacheDtype.FP8: "fp8", KvCacheDtype.BF16: "bf16"}.get(kv)
+    return None if feature is None else unsupported_feature(g, feature)
+
+
+def vllm_default_limits(g: GpuSpec) -> tuple[int, int]:
+    """(max_num_seqs, max_num_batched_tokens) vLLM V1's OpenAI server picks for a GPU (engine/arg_utils.py
+    _set_default_args): 1024 and 8192 on GPUs with >= 70 GiB other than A100, else 256 and 2048."""
+    big = g.memory_gib_reported >= 70 and not g.name.startswith("A100")
+    return (1024, 8192) if big else (256, 2048)
+
 
 # Spot Advisor interruption-frequency bands -> monthly interruption probability bounds. The open-ended
 # '>20%' band is capped at 30% so that risk arithmetic stays finite.
@@ -167,6 +386,9 @@ _INSTANCE_TYPES = (
 INSTANCE_TYPES: dict[str, InstanceType] = {t.name: t for t in _INSTANCE_TYPES}
 
 
+# ---------------------------------------------------------------------------------------------- models
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -182,23 +404,57 @@ class ModelSpec:
     n_expert_per_token: int | None
     tied_embeddings: bool = False  # the LM head shares the input embedding matrix
     gated_mlp: bool = True  # SwiGLU (gate, up, down) rather than a two-matrix GELU MLP
+    max_position_embeddings: int | None = None  # vLLM caches rotary cos/sin for every position
+    torch_dtype: str = "bfloat16"  # the checkpoint's dtype (config.json torch_dtype)
+    quantization: Quantization | None = None  # a pre-quantized checkpoint's format (quantization_config)
+    moe_intermediate_size: int | None = (
+        None  # one expert's MLP width, where it differs from intermediate_size
+    )
+    shared_expert_intermediate_size: int = 0  # always-active shared expert MLP width (Qwen-MoE style)
+
+    @property
+    def is_moe(self) -> bool:
+        return bool(self.n_expert and self.n_expert_per_token)
 
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
         """Bytes of K and V cached per token over all layers."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
 
+    def attention_params(self) -> int:
+        """Q, K, V and output projections of one layer (grouped-query attention)."""
+        q_width, kv_width = self.num_attention_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return 2 * self.hidden_size * q_width + 2 * self.hidden_size * kv_width
+
+    def _mlp_params(self, width: int) -> int:
+        return (3 if self.gated_mlp else 2) * self.hidden_size * width
+
+    def expert_params(self) -> int:
+        """One routed expert's MLP (a dense model's whole MLP)."""
+        return self._mlp_params(self.moe_intermediate_size or self.intermediate_size)
+
+    def layer_linear_params(self, active_only: bool = False) -> int:
+        """Weights of one layer's matmuls; with active_only, only the experts a token is routed to."""
+        if not self.is_moe:
+            return self.attention_params() + self.expert_params()
+        experts = (self.n_expert_per_token if active_only else self.n_expert) or 1
+        shared = self._mlp_params(self.shared_expert_intermediate_size)
+        return self.attention_params() + experts * self.expert_params() + shared
+
+    def embedding_params(self) -> int:
+        """Input embedding and LM head (one matrix when tied)."""
+        return self.vocab_size * self.hidden_size * (1 if self.tied_embeddings else 2)
+
     def param_count(self) -> int:
-        """Parameters from the architecture: embeddings, GQA attention, (MoE) MLP, norms."""
-        h, q_width = self.hidden_size, self.num_attention_heads * self.head_dim
-        kv_width = self.num_kv_heads * self.head_dim
-        attention = h * q_width + 2 * h * kv_width + q_width * h
-        mlp_one = (3 if self.gated_mlp else 2) * h * self.intermediate_size
-        experts = self.n_expert or 1
+        """Parameters from the architecture: embeddings, GQA attention, (MoE) MLP, router, norms."""
+        h = self.hidden_size
         router = h * self.n_expert if self.n_expert else 0
-        norms = 2 * h
-        per_layer = attention + experts * mlp_one + router + norms
-        embeddings = self.vocab_size * h * (1 if self.tied_embeddings else 2)
-        return self.num_layers * per_layer + embeddings + h
+        per_layer = self.layer_linear_params() + router + 2 * h
+        return self.num_layers * per_layer + self.embedding_params() + h
+
+    def active_param_count(self) -> int:
+        """Parameters touched per token: a MoE model runs only n_expert_per_token of its experts."""
+        idle = self.layer_linear_params() - self.layer_linear_params(active_only=True)
+        return self.param_count() - self.num_layers * idle
 
     def weight_bytes(self, dtype_bytes: int = 2) -> int:
         return self.param_count() * dtype_bytes
@@ -217,6 +473,7 @@ def _m(
     n_expert: int | None,
     n_expert_per_token: int | None,
     *,
+    max_pos: int | None = None,
     tied_embeddings: bool = False,
     gated_mlp: bool = True,
 ) -> ModelSpec:
@@ -234,21 +491,124 @@ def _m(
         n_expert_per_token,
         tied_embeddings,
         gated_mlp,
+        max_pos,
     )
 
 
 # columns: name, HF repo, layers, hidden, attention heads, KV heads, head dim, intermediate, vocab (padded),
-# experts, experts per token
+# experts, experts per token; max_position_embeddings from the same config.json
 _MODELS = (
-    _m("Llama-2-7b-hf", "meta-llama/Llama-2-7b-hf", 32, 4096, 32, 32, 128, 11008, 32000, None, None),
-    _m("Llama-2-13b-hf", "meta-llama/Llama-2-13b-hf", 40, 5120, 40, 40, 128, 13824, 32000, None, None),
-    _m("Llama-2-70b-hf", "meta-llama/Llama-2-70b-hf", 80, 8192, 64, 8, 128, 28672, 32000, None, None),
-    _m("Llama-3-8B", "meta-llama/Meta-Llama-3-8B", 32, 4096, 32, 8, 128, 14336, 128256, None, None),
-    _m("Llama-3-70B", "meta-llama/Meta-Llama-3-70B", 80, 8192, 64, 8, 128, 28672, 128256, None, None),
-    _m("Llama-3.1-8B", "meta-llama/Meta-Llama-3.1-8B", 32, 4096, 32, 8, 128, 14336, 128256, None, None),
-    _m("Llama-3.1-70B", "meta-llama/Meta-Llama-3.1-70B", 80, 8192, 64, 8, 128, 28672, 128256, None, None),
     _m(
-        "Llama-3.1-405B", "meta-llama/Meta-Llama-3.1-405B", 126, 16384, 128, 8, 128, 53248, 128256, None, None
+        "Llama-2-7b-hf",
+        "meta-llama/Llama-2-7b-hf",
+        32,
+        4096,
+        32,
+        32,
+        128,
+        11008,
+        32000,
+        None,
+        None,
+        max_pos=4096,
+    ),
+    _m(
+        "Llama-2-13b-hf",
+        "meta-llama/Llama-2-13b-hf",
+        40,
+        5120,
+        40,
+        40,
+        128,
+        13824,
+        32000,
+        None,
+        None,
+        max_pos=4096,
+    ),
+    _m(
+        "Llama-2-70b-hf",
+        "meta-llama/Llama-2-70b-hf",
+        80,
+        8192,
+        64,
+        8,
+        128,
+        28672,
+        32000,
+        None,
+        None,
+        max_pos=4096,
+    ),
+    _m(
+        "Llama-3-8B",
+        "meta-llama/Meta-Llama-3-8B",
+        32,
+        4096,
+        32,
+        8,
+        128,
+        14336,
+        128256,
+        None,
+        None,
+        max_pos=8192,
+    ),
+    _m(
+        "Llama-3-70B",
+        "meta-llama/Meta-Llama-3-70B",
+        80,
+        8192,
+        64,
+        8,
+        128,
+        28672,
+        128256,
+        None,
+        None,
+        max_pos=8192,
+    ),
+    _m(
+        "Llama-3.1-8B",
+        "meta-llama/Meta-Llama-3.1-8B",
+        32,
+        4096,
+        32,
+        8,
+        128,
+        14336,
+        128256,
+        None,
+        None,
+        max_pos=131072,
+    ),
+    _m(
+        "Llama-3.1-70B",
+        "meta-llama/Meta-Llama-3.1-70B",
+        80,
+        8192,
+        64,
+        8,
+        128,
+        28672,
+        128256,
+        None,
+        None,
+        max_pos=131072,
+    ),
+    _m(
+        "Llama-3.1-405B",
+        "meta-llama/Meta-Llama-3.1-405B",
+        126,
+        16384,
+        128,
+        8,
+        128,
+        53248,
+        128256,
+        None,
+        None,
+        max_pos=131072,
     ),
     _m(
         "Llama-3.2-1B",
@@ -262,6 +622,7 @@ _MODELS = (
         128256,
         None,
         None,
+        max_pos=131072,
         tied_embeddings=True,
     ),
     _m(
@@ -276,9 +637,23 @@ _MODELS = (
         128256,
         None,
         None,
+        max_pos=131072,
         tied_embeddings=True,
     ),
-    _m("Mistral-7B-v0.1", "mistralai/Mistral-7B-v0.1", 32, 4096, 32, 8, 128, 14336, 32000, None, None),
+    _m(
+        "Mistral-7B-v0.1",
+        "mistralai/Mistral-7B-v0.1",
+        32,
+        4096,
+        32,
+        8,
+        128,
+        14336,
+        32000,
+        None,
+        None,
+        max_pos=32768,
+    ),
     _m(
         "Mistral-7B-Instruct-v0.2",
         "mistralai/Mistral-7B-Instruct-v0.2",
@@ -291,10 +666,50 @@ _MODELS = (
         32000,
         None,
         None,
+        max_pos=32768,
     ),
-    _m("Mistral-7B-v0.3", "mistralai/Mistral-7B-v0.3", 32, 4096, 32, 8, 128, 14336, 32768, None, None),
-    _m("Mixtral-8x7B-v0.1", "mistralai/Mixtral-8x7B-v0.1", 32, 4096, 32, 8, 128, 14336, 32000, 8, 2),
-    _m("Mixtral-8x22B-v0.1", "mistralai/Mixtral-8x22B-v0.1", 56, 6144, 48, 8, 128, 16384, 32768, 8, 2),
+    _m(
+        "Mistral-7B-v0.3",
+        "mistralai/Mistral-7B-v0.3",
+        32,
+        4096,
+        32,
+        8,
+        128,
+        14336,
+        32768,
+        None,
+        None,
+        max_pos=32768,
+    ),
+    _m(
+        "Mixtral-8x7B-v0.1",
+        "mistralai/Mixtral-8x7B-v0.1",
+        32,
+        4096,
+        32,
+        8,
+        128,
+        14336,
+        32000,
+        8,
+        2,
+        max_pos=32768,
+    ),
+    _m(
+        "Mixtral-8x22B-v0.1",
+        "mistralai/Mixtral-8x22B-v0.1",
+        56,
+        6144,
+        48,
+        8,
+        128,
+        16384,
+        32768,
+        8,
+        2,
+        max_pos=65536,
+    ),
     _m(
         "Qwen2.5-0.5B",
         "Qwen/Qwen2.5-0.5B",
@@ -307,6 +722,7 @@ _MODELS = (
         151936,
         None,
         None,
+        max_pos=32768,
         tied_embeddings=True,
     ),
     _m(
@@ -321,17 +737,30 @@ _MODELS = (
         151936,
         None,
         None,
+        max_pos=131072,
         tied_embeddings=True,
     ),
     _m(
-        "Qwen2.5-3B", "Qwen/Qwen2.5-3B", 36, 2048, 16, 2, 128, 11008, 151936, None, None, tied_embeddings=True
+        "Qwen2.5-3B",
+        "Qwen/Qwen2.5-3B",
+        36,
+        2048,
+        16,
+        2,
+        128,
+        11008,
+        151936,
+        None,
+        None,
+        max_pos=32768,
+        tied_embeddings=True,
     ),
-    _m("Qwen2.5-7B", "Qwen/Qwen2.5-7B", 28, 3584, 28, 4, 128, 18944, 152064, None, None),
-    _m("Qwen2.5-14B", "Qwen/Qwen2.5-14B", 48, 5120, 40, 8, 128, 13824, 152064, None, None),
-    _m("Qwen2.5-32B", "Qwen/Qwen2.5-32B", 64, 5120, 40, 8, 128, 27648, 152064, None, None),
-    _m("Qwen2.5-72B", "Qwen/Qwen2.5-72B", 80, 8192, 64, 8, 128, 29568, 152064, None, None),
-    _m("Qwen3-8B", "Qwen/Qwen3-8B", 36, 4096, 32, 8, 128, 12288, 151936, None, None),
-    _m("Qwen3-32B", "Qwen/Qwen3-32B", 64, 5120, 64, 8, 128, 25600, 151936, None, None),
+    _m("Qwen2.5-7B", "Qwen/Qwen2.5-7B", 28, 3584, 28, 4, 128, 18944, 152064, None, None, max_pos=131072),
+    _m("Qwen2.5-14B", "Qwen/Qwen2.5-14B", 48, 5120, 40, 8, 128, 13824, 152064, None, None, max_pos=131072),
+    _m("Qwen2.5-32B", "Qwen/Qwen2.5-32B", 64, 5120, 40, 8, 128, 27648, 152064, None, None, max_pos=131072),
+    _m("Qwen2.5-72B", "Qwen/Qwen2.5-72B", 80, 8192, 64, 8, 128, 29568, 152064, None, None, max_pos=131072),
+    _m("Qwen3-8B", "Qwen/Qwen3-8B", 36, 4096, 32, 8, 128, 12288, 151936, None, None, max_pos=40960),
+    _m("Qwen3-32B", "Qwen/Qwen3-32B", 64, 5120, 64, 8, 128, 25600, 151936, None, None, max_pos=40960),
     _m(
         "Phi-3-mini-4k-instruct",
         "microsoft/Phi-3-mini-4k-instruct",
@@ -344,6 +773,7 @@ _MODELS = (
         32064,
         None,
         None,
+        max_pos=4096,
     ),
     _m(
         "falcon-7b",
@@ -357,6 +787,7 @@ _MODELS = (
         65024,
         None,
         None,
+        max_pos=2048,
         tied_embeddings=True,
         gated_mlp=False,
     ),
@@ -376,3 +807,29 @@ def model(name: str) -> ModelSpec:
         return MODELS[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
+
+
+def default_engine(g: GpuSpec, gpus: int, **engine: object) -> EngineConfig:
+    """vLLM's defaults on ``gpus`` GPUs of a kind, tensor parallel over all of them: its dtype "auto" (bf16,
+    fp16 where the GPU has no bf16) and its per-GPU scheduler limits; ``engine`` overrides any field."""
+    max_num_seqs, max_num_batched_tokens = vllm_default_limits(g)
+    dtype = Quantization.BF16 if "bf16" in g.features else Quantization.FP16
+    settings: dict[str, object] = {
+        "tensor_parallel_size": gpus,
+        "quantization": dtype,
+        "max_num_seqs": max_num_seqs,
+        "max_num_batched_tokens": max_num_batched_tokens,
+    }
+    return EngineConfig.model_validate(settings | engine)
+
+
+def default_config(instance_type_name: str, replicas: int, **engine: object) -> DeploymentConfig:
+    """A deployment of ``replicas`` on-demand instances of a type, tensor parallel over all its GPUs (one
+    replica per instance, as vLLM is usually deployed), with vLLM's defaults otherwise."""
+    itype = instance_type(instance_type_name)
+    return DeploymentConfig(
+        instance_type=itype.name,
+        on_demand_replicas=replicas,
+        max_replicas=max(64, replicas),
+        engine=default_engine(itype.gpu, itype.gpu_count, **engine),
+    )

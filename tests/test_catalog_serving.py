@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optiinfra_assets.catalog import INSTANCE_TYPES, MODELS, instance_type, model
-from optiinfra_assets.models import Lifecycle
+from optiinfra_assets.catalog import GPUS, INSTANCE_TYPES, MODELS, default_config, gpu, instance_type, model
+from optiinfra_assets.models import Lifecycle, Quantization
 from optiinfra_assets.serving import GIB, load_point, load_points, serving_capacity
 
 FAMILIES = {"g4dn", "g5", "g6", "g6e", "p4d", "p4de", "p5", "p5en", "p3"}
@@ -73,8 +73,8 @@ def test_param_count_from_the_architecture(name: str, params: float) -> None:
 
 def test_llama_8b_kv_tokens_on_g6e_xlarge() -> None:
     cap = serving_capacity(model("Llama-3.1-8B"), instance_type("g6e.xlarge"))
-    # By hand: 44.7 GiB x 0.9 = 40.23 GiB usable; weights 8.03e9 x 2 B = 14.96 GiB; reserve 1.5 GiB
-    # -> ~23.8 GiB for KV at 128 KiB/token = ~195k tokens.
+    # By hand: 44.53 GiB reported x 0.9 = 40.08 GiB usable; weights 8.03e9 x 2 B = 14.96 GiB (+0.03 GiB of
+    # rotary cache); activations ~0.8 GiB and 0.25 GiB non-torch -> ~24.3 GiB for KV at 128 KiB/token.
     assert cap.fits and cap.tensor_parallel == 1
     assert 180_000 <= cap.kv_cache_tokens <= 200_000
     assert cap.kv_cache_tokens % 16 == 0
@@ -148,3 +148,49 @@ def test_load_point_is_the_vectorized_math() -> None:
     many = load_points(cap, itype, np.array([1.0, 3.0]))
     assert one.latency_p95_ms == many["latency_p95_ms"][1]
     assert one.utilization == pytest.approx(3.0 / cap.max_requests_per_s)
+
+
+@pytest.mark.parametrize(
+    ("written", "name"),
+    [
+        ("A100-80GB", "A100 80GB"),
+        ("a100 80gb", "A100 80GB"),
+        ("NVIDIA A100-SXM4-80GB", "A100 80GB"),
+        ("H100", "H100 SXM"),
+        ("NVIDIA H100 80GB HBM3", "H100 SXM"),
+        ("Tesla T4", "T4"),
+        ("RTX 4090", "RTX 4090"),
+        ("GeForce RTX 3090", "RTX 3090"),
+        ("A6000", "RTX A6000"),
+        ("l40s", "L40S"),
+        ("MI300X", "MI300X"),
+    ],
+)
+def test_gpus_by_the_names_people_write(written: str, name: str) -> None:
+    assert gpu(written).name == name
+
+
+def test_ambiguous_or_unknown_gpu_says_what_is_known() -> None:
+    with pytest.raises(KeyError, match=r"did you mean A100 40GB or A100 80GB"):
+        gpu("A100")
+    with pytest.raises(KeyError, match=r"unknown GPU 'B300'; known: T4"):
+        gpu("B300")
+
+
+def test_instance_types_use_the_gpu_table() -> None:
+    assert all(t.gpu is GPUS[t.gpu.name] for t in INSTANCE_TYPES.values())
+    h100 = instance_type("p5.4xlarge").gpu
+    # nominal vs what the driver reports (the figure vLLM multiplies by gpu_memory_utilization)
+    assert (h100.memory_gb, h100.memory_gib_reported) == (80, 79.19)
+    assert h100.supports_fp8 and not instance_type("p4de.24xlarge").gpu.supports_fp8
+    assert instance_type("g6.xlarge").gpu.supports_fp8  # L4 is Ada
+
+
+def test_default_config_follows_vllms_per_gpu_defaults() -> None:
+    h100 = default_config("p5.48xlarge", 2).engine
+    assert (h100.tensor_parallel_size, h100.max_num_seqs, h100.max_num_batched_tokens) == (8, 1024, 8192)
+    a100 = default_config("p4de.24xlarge", 1).engine  # vLLM leaves A100s at the small defaults
+    assert (a100.max_num_seqs, a100.max_num_batched_tokens) == (256, 2048)
+    # T4 and V100 have no bf16: vLLM's "auto" dtype falls back to fp16
+    assert default_config("g4dn.xlarge", 1).engine.quantization == Quantization.FP16
+    assert default_config("g6e.xlarge", 1, max_model_len=4096).engine.max_model_len == 4096
