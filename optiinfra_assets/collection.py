@@ -7,10 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import polars as pl
+
 from optiinfra_assets.ingest import IngestReport, ingest
 from optiinfra_assets.metrics import Domain
+from optiinfra_assets.snapshot import FleetSnapshot
 from resources.metric_store import MetricStore
-from resources.sources import FleetSnapshot, MetricSource
+from resources.sources import UNMANAGED_CUSTOMER, MetricSource, SourceBatch, unmanaged_owner
 from resources.state_store import StateStore
 
 WATERMARK_KEY = "metrics:collected_until"
@@ -95,16 +98,47 @@ def collect_metrics(
         instances=state.list_instances(include_ended=True),
         faults=state.list_faults(),
     )
-    known = snapshot.owners()
+    owners = snapshot.owners()
     for n, window in enumerate(windows, start=1):
-        batch = source_for_step(window.step_s).collect(snapshot, window.start, window.end)
+        source = source_for_step(window.step_s)
+        batch = source.collect(snapshot, window.start, window.end)
         report.statuses.append(batch.status)
+        known = {**owners, **_observe_unmanaged(state, source.name, batch, owners, window.end)}
         with store.session():
             for domain, frame in batch.frames.items():
-                report.reports.setdefault(domain, []).append(ingest(store, domain, frame, known))
+                report.reports.setdefault(domain, []).append(
+                    ingest(store, domain, frame, known, unreported_ok=source.may_omit_measures)
+                )
         state.set_watermark(WATERMARK_KEY, window.end)
         if window.is_backfill:
             log(
                 f"backfill {n}/{len(windows)}: {window.start:%Y-%m-%d %H:%M} → {window.end:%Y-%m-%d %H:%M} UTC"
             )
     return report
+
+
+def _observe_unmanaged(
+    state: StateStore,
+    source_name: str,
+    batch: SourceBatch,
+    owners: dict[str, tuple[str, str]],
+    at: datetime,
+) -> dict[str, tuple[str, str]]:
+    """The instances of the batch the fleet does not manage, which the source reported under the
+    unmanaged convention (resources.sources.owner_of): recorded as observed, and returned as known so
+    that their rows are stored. Any other unknown instance is still quarantined."""
+    keys = ["instance_id", "customer_id", "deployment_id"]
+    claimed: set[str] = set()
+    for frame in batch.frames.values():
+        if not set(keys) <= set(frame.columns):
+            continue  # ingestion quarantines the batch, naming what is missing
+        # Filter first: a sandbox backfill batch holds millions of rows, none of them unmanaged.
+        unmanaged = frame.filter(pl.col("customer_id") == UNMANAGED_CUSTOMER).select(keys).unique()
+        claimed |= {
+            instance_id
+            for instance_id, customer_id, deployment_id in unmanaged.iter_rows()
+            if instance_id not in owners and (customer_id, deployment_id) == unmanaged_owner(instance_id)
+        }
+    for instance_id in sorted(claimed):
+        state.record_observed_instance(instance_id, source_name, at)
+    return {instance_id: unmanaged_owner(instance_id) for instance_id in claimed}

@@ -191,15 +191,17 @@ def _number(expr: pl.Expr) -> pl.Expr:
     return expr.cast(pl.String)
 
 
-def _measure_checks(measure: Measure) -> list[_Check]:
+def _measure_checks(measure: Measure, unreported_ok: bool) -> list[_Check]:
     name = measure.name
     col, raw = pl.col(name), pl.col(_raw(name))
+    # With ``unreported_ok`` a null is "not reported"; a value that does not cast is still a defect.
+    null = pl.lit(False) if unreported_ok else raw.is_null()
     checks = [
-        _Check(name, "null", raw.is_null(), pl.lit(f"{name}: null"), pl.lit("null")),
+        _Check(name, "null", null, pl.lit(f"{name}: null"), pl.lit("null")),
         _Check(
             name,
             "not a number",
-            col.is_null(),
+            col.is_null() & raw.is_not_null(),
             pl.lit(f"{name}: not a number (") + _show(raw) + pl.lit(")"),
             raw.cast(pl.String),
         ),
@@ -385,11 +387,19 @@ def validate_batch(
     frame: pl.DataFrame,
     known_instances: Mapping[str, tuple[str, str]],
     watermarks: Mapping[str, datetime],
+    *,
+    unreported_ok: bool = False,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split a batch into (good rows in exact SCHEMAS dtypes and order, quarantine rows).
 
     Quarantine rows carry the quarantine table's columns (``received_at`` and ``batch_id`` left for
     :func:`ingest` to fill) plus ``kind``, the "<field>: <kind>" a report counts them under.
+
+    ``unreported_ok`` (a source reading real servers, which may not report every measure): a null
+    measure is "not reported" rather than a defect, and is stored as NaN — the measure columns are
+    non-nullable Float64, NaN is the float meaning "no value", and ClickHouse's quantile functions skip
+    it — so that the row's other measures are kept and no number is invented. A NaN the source sent
+    itself is still quarantined: it comes from a computation gone wrong, not from a missing metric.
     """
     schema = SCHEMAS[domain]
     frame = _plain_frame(frame)
@@ -400,7 +410,7 @@ def validate_batch(
         return pl.DataFrame(schema=schema.polars_schema), _empty_quarantine()
 
     work = _working_frame(schema, frame, _fleet_frame(known_instances, watermarks))
-    row_checks = _key_checks(schema) + [c for m in schema.measures for c in _measure_checks(m)]
+    row_checks = _key_checks(schema) + [c for m in schema.measures for c in _measure_checks(m, unreported_ok)]
     work = work.with_columns(_first_failing(row_checks, 0).alias(_CODE))
     order_checks = _order_checks(domain)
     work = _with_prev_ts(work, domain).with_columns(
@@ -408,6 +418,8 @@ def validate_batch(
     )
     checks = row_checks + order_checks
 
+    if unreported_ok:
+        work = work.with_columns(pl.col(m.name).fill_null(float("nan")) for m in schema.measures)
     passed = work[_CODE].is_null()
     if passed.all():
         return work.select(schema.columns), _empty_quarantine()
@@ -423,12 +435,17 @@ def ingest(
     domain: Domain,
     frame: pl.DataFrame,
     known_instances: Mapping[str, tuple[str, str]],
+    *,
+    unreported_ok: bool = False,
 ) -> IngestReport:
-    """Validate ``frame`` and write its good rows to the domain table and the others to quarantine."""
+    """Validate ``frame`` and write its good rows to the domain table and the others to quarantine
+    (``unreported_ok``: see :func:`validate_batch`)."""
     batch_id = uuid.uuid4().hex
     with store.session():
         watermarks = store.watermarks(domain, since=_earliest_ts(frame))
-        good, quarantine = validate_batch(domain, frame, known_instances, watermarks)
+        good, quarantine = validate_batch(
+            domain, frame, known_instances, watermarks, unreported_ok=unreported_ok
+        )
         store.insert_polars(SCHEMAS[domain].table, good)
         if not quarantine.is_empty():
             received_at = datetime.now(UTC)
