@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from optiinfra_assets.agents import CAPABILITIES, DETECTORS
@@ -13,14 +14,15 @@ from optiinfra_assets.config import Settings
 from resources.state_store import StateStore, state_store_url
 
 
-def _last_materializations(names: list[str]) -> dict[str, str | None]:
-    """asset name -> ISO time of its last materialization, from Dagster's instance under DAGSTER_HOME
-    (None when it never ran or no instance is configured)."""
-    if not os.environ.get("DAGSTER_HOME"):
+def _last_materializations(names: list[str], home: Path) -> dict[str, str | None]:
+    """asset name -> ISO time of its last materialization, from Dagster's instance (DAGSTER_HOME, or
+    OPTIINFRA_HOME/dagster as `make run` sets it); None when it never ran or there is no instance."""
+    dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster")
+    if not (dagster_home / "dagster.yaml").exists():
         return dict.fromkeys(names)
     import dagster as dg  # only here: the rest of the CLI starts without Dagster
 
-    with dg.DagsterInstance.get() as instance:
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         out: dict[str, str | None] = {}
         for name in names:
             event = instance.get_latest_materialization_event(dg.AssetKey(name))
@@ -28,9 +30,9 @@ def _last_materializations(names: list[str]) -> dict[str, str | None]:
         return out
 
 
-def capability_rows(state: StateStore | None) -> list[dict[str, Any]]:
+def capability_rows(state: StateStore | None, home: Path) -> list[dict[str, Any]]:
     names = [c.asset_name for c in CAPABILITIES] + [d.asset_name for d in DETECTORS]
-    last = _last_materializations(names)
+    last = _last_materializations(names, home)
     counts: dict[str, dict[str, int]] = {}
     if state is not None:
         for rec in state.list_recommendations():
@@ -72,7 +74,7 @@ def capability_rows(state: StateStore | None) -> list[dict[str, Any]]:
 def cmd_capabilities(args: argparse.Namespace, settings: Settings) -> int:
     state = StateStore(state_store_url(settings.database_url, settings.home))
     state.migrate()
-    rows = capability_rows(state)
+    rows = capability_rows(state, settings.home)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
