@@ -36,6 +36,9 @@ class DecisionSettings(BaseModel):
     rollout_stages: tuple[int, ...] = Field((10, 50, 100), description="percent of a change per stage")
     latency_anomaly_z: float = Field(3.5, gt=0, description="robust z-score beyond which p95 regressed")
     peak_growth_margin: float = Field(0.0, ge=0, description="extra load over the observed peak to plan for")
+    gpu_quota_per_family: int = Field(
+        256, ge=0, description="GPUs one deployment may hold per instance family (the account's quota)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> DecisionSettings:

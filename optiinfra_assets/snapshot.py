@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
+from typing import Any
 
 import polars as pl
 
@@ -44,6 +45,8 @@ class FleetSnapshot:
     baselines: dict[str, dict[str, BaselineStat]] = field(default_factory=dict)
     # domain -> per deployment-hour rollup of the lookback (MetricStore.hourly), the whole fleet at once.
     hourly: dict[str, pl.DataFrame] = field(default_factory=dict)
+    # What this pass's detectors found (agents.capability.Finding), for capabilities that act on them.
+    findings: list[Any] = field(default_factory=list)
 
     def owners(self) -> dict[str, tuple[str, str]]:
         """instance_id -> (customer_id, deployment_id) for every instance the fleet knows."""

@@ -42,6 +42,7 @@ from optiinfra_assets.models import (
     RecommendationStatus,
     Risk,
 )
+from optiinfra_assets.serving import ConfigError, validate_config
 from optiinfra_assets.snapshot import BaselineStat, FleetSnapshot
 from resources.llm import LlmClient, configured_llm
 from resources.memory_store import MemoryStore, open_memory_store
@@ -206,6 +207,8 @@ def run_analysis_pass(
     report.deployments = len(snapshot.deployments)
     for det in detectors:
         report.detectors[det.name] = _run_detector(det, snapshot, svc.decisions)
+    # Capabilities may act on what the detectors found (an idle GPU, a cost spike).
+    snapshot.findings = [f for rep in report.detectors.values() for f in rep.findings]
     open_recs = svc.state.list_open_recommendations()
     open_by_key = {(r.kind, r.deployment_id): r for r in open_recs}
     candidates: list[tuple[Capability, Recommendation, Recommendation | None]] = []
@@ -237,9 +240,11 @@ def run_analysis_pass(
 def _analyze(cap: Capability, snapshot: FleetSnapshot, settings: DecisionSettings) -> list[Proposal | Skip]:
     """The capability's output, checked: proposals of its kind with its evidence type, or skips."""
     items = list(cap.analyze(snapshot, settings))
-    known = {d.id for d in snapshot.deployments}
+    known = {d.id: d for d in snapshot.deployments}
+    checked: list[Proposal | Skip] = []
     for item in items:
         if isinstance(item, Skip):
+            checked.append(item)
             continue
         if not isinstance(item, Proposal):
             raise TypeError(f"returned a {type(item).__name__}, not a Proposal or Skip")
@@ -252,7 +257,13 @@ def _analyze(cap: Capability, snapshot: FleetSnapshot, settings: DecisionSetting
             raise ValueError(f"proposed a change to unknown deployment {item.deployment_id!r}")
         # Re-validate: a capability may have built its models with model_construct or mutated them.
         Proposal.model_validate(item.model_dump())
-    return items
+        try:  # a config the model or hardware cannot run is never proposed, whoever computed it
+            validate_config(known[item.deployment_id].model, item.desired)
+        except ConfigError as exc:
+            checked.append(Skip(deployment_id=item.deployment_id, reason=f"proposed config rejected: {exc}"))
+            continue
+        checked.append(item)
+    return checked
 
 
 def _run_detector(det: Detector, snapshot: FleetSnapshot, settings: DecisionSettings) -> DetectorReport:

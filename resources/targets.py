@@ -19,6 +19,7 @@ from typing import Protocol
 from optiinfra_assets.catalog import instance_type
 from optiinfra_assets.models import DeploymentConfig, EngineConfig, Instance, InstanceState, Lifecycle
 from optiinfra_assets.sandbox import new_instance_id, observe, pick_az
+from optiinfra_assets.serving import validate_config
 from resources.state_store import StateStore
 
 ACTOR = "target:sandbox"
@@ -178,6 +179,7 @@ class SandboxTarget:
 
     def apply(self, deployment_id: str, desired: DeploymentConfig, fraction: float) -> list[str]:
         deployment = self.state.get_deployment(deployment_id)
+        validate_config(deployment.model, desired)  # ConfigError names the field: nothing is launched
         changes = deployment.config.changes(desired)
         want = stage_pools(deployment.config, desired, fraction)
         _check_prices(want)

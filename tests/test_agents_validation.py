@@ -171,3 +171,12 @@ def test_quality_check_within_and_over_threshold() -> None:
     assert "0.780" in bad.detail and "0.850" in bad.detail and "5%" in bad.detail
     better = application.quality_check(0.9, QUALITY, 5.0)
     assert better.passed and better.drop_pct < 0
+
+
+def test_resource_fails_over_the_gpu_quota() -> None:
+    dep = deployment(replicas=4)  # 4 x p4de.24xlarge = 32 GPUs
+    req = request(dep)
+    tight = ValidationRequest(**{**req.__dict__, "settings": DecisionSettings(gpu_quota_per_family=16)})
+    v = resource.validate(tight)
+    assert not v.passed and "32 GPUs, over the 16-GPU quota of the p4de family" in v.detail
+    assert resource.validate(req).figures["gpus_needed"] == 32.0

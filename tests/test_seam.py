@@ -181,3 +181,32 @@ def test_the_seam_runs_on_a_fresh_clock(svc: Services) -> None:
     b = run_analysis_pass(svc, NOW, capabilities=(BatchLimit(),), detectors=())
     assert b.capabilities["test_batch_limit"].skipped[GOOD].startswith("already open")
     assert isinstance(NOW, datetime)
+
+
+class BadTensorParallel(BatchLimit):
+    """Proposes a config vLLM cannot run: TP 3 on an 8B model with 32 attention heads on a 1-GPU type."""
+
+    kind: ClassVar[str] = "test_bad_tp"
+
+    def analyze(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> Iterator[Proposal | Skip]:
+        for item in super().analyze(snapshot, settings):
+            if isinstance(item, Proposal):
+                engine = item.desired.engine.model_copy(update={"tensor_parallel_size": 3})
+                item = item.model_copy(
+                    update={"kind": self.kind, "desired": item.desired.model_copy(update={"engine": engine})}
+                )
+            yield item
+
+
+def test_a_config_the_hardware_cannot_run_is_never_proposed(svc: Services, clock: Clock) -> None:
+    report = run_analysis_pass(svc, clock(), capabilities=(BadTensorParallel(),), detectors=())
+    mine = report.capabilities["test_bad_tp"]
+    assert mine.error is None and mine.created == []
+    assert mine.skipped[GOOD].startswith("proposed config rejected: engine.tensor_parallel_size=3")
+    # And the target refuses it too, before launching anything.
+    before = {i.id for i in svc.state.list_instances(GOOD)}
+    config = svc.state.get_deployment(GOOD).config
+    bad = config.model_copy(update={"engine": config.engine.model_copy(update={"tensor_parallel_size": 3})})
+    with pytest.raises(ValueError, match="tensor_parallel_size"):
+        svc.target.apply(GOOD, bad, 0.1)
+    assert {i.id for i in svc.state.list_instances(GOOD)} == before

@@ -108,6 +108,9 @@ class Capability(ABC):
     stages: ClassVar[tuple[int, ...]] = (10, 50, 100)
     # Checks between stages; empty means the change is applied at once with nothing to watch.
     stage_checks: ClassVar[tuple[StageCheck, ...]] = ()
+    # The Outcome figures it is judged by, the one it exists for first (money, latency, utilization,
+    # quality: see models.Outcome); the outcome's summary leads with them.
+    valued_by: ClassVar[tuple[str, ...]] = ("realized_monthly_savings_usd", "quality_delta_pct")
 
     @property
     def asset_name(self) -> str:

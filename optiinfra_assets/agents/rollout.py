@@ -345,6 +345,14 @@ def build_outcome(ctx: RolloutContext, rec: Recommendation, execution: Execution
     util_now, util_base = _last(execution, "gpu_util_pct"), ctx.baselines.get("gpu_util_pct")
     utilization = 0.0 if util_now is None or util_base is None else round(util_now - util_base.median, 4)
     verdict = f"rolled back at {execution.stage}%: {execution.reason}" if rolled_back else "succeeded"
+    values = {
+        "realized_monthly_savings_usd": f"saves ${savings:,.0f}/month",
+        "quality_delta_pct": f"quality {quality:+.2f}%",
+        "latency_p95_delta_pct": f"p95 {latency:+.1f}%",
+        "utilization_delta_pct": f"GPU utilization {utilization:+.1f} pts",
+    }
+    valued_by = ctx.capability_of(rec).valued_by
+    shown = [values[k] for k in valued_by] + [v for k, v in values.items() if k not in valued_by]
     return Outcome(
         recommendation_id=rec.id,
         kind=rec.kind,
@@ -356,10 +364,7 @@ def build_outcome(ctx: RolloutContext, rec: Recommendation, execution: Execution
         latency_p95_delta_pct=latency,
         utilization_delta_pct=utilization,
         features=rec.features,
-        summary=(
-            f"{rec.kind} of {rec.deployment_id} {verdict}; quality {quality:+.2f}%, p95 {latency:+.1f}%, "
-            f"saves ${savings:,.0f}/month"
-        ),
+        summary=f"{rec.kind} of {rec.deployment_id} {verdict}; " + ", ".join(shown),
         at=execution.finished_at or ctx.clock(),
     )
 

@@ -48,6 +48,7 @@ def capability_rows(state: StateStore | None, home: Path) -> list[dict[str, Any]
             "validated_by": list(cap.validators),
             "stages": list(cap.stages),
             "stage_checks": [check.__name__ for check in cap.stage_checks],
+            "valued_by": list(cap.valued_by),
             "asset_keys": [cap.asset_name],
             "asset_checks": [f"{cap.asset_name}:analysis_ok"],
             "last_run": last[cap.asset_name],

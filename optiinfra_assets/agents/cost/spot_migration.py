@@ -232,6 +232,7 @@ class SpotMigration(Capability):
     )
     evidence_model = SpotMigrationEvidence
     stage_checks = (application.quality_gate, performance.latency_slo)
+    valued_by = ("realized_monthly_savings_usd", "quality_delta_pct", "latency_p95_delta_pct")
 
     def analyze(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> Iterator[Proposal | Skip]:
         for deployment in snapshot.deployments:

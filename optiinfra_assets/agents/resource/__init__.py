@@ -48,6 +48,14 @@ def validate(request: ValidationRequest) -> Validation:
         problems.append(f"{request.deployment.model} does not fit {itype.name}: {cap.reason}")
     if cap.fits:
         notes.append(cap.reason)
+    gpus = proposed.replicas * itype.gpu_count
+    figures["gpus_needed"] = float(gpus)
+    quota = request.settings.gpu_quota_per_family
+    if gpus > quota:
+        problems.append(
+            f"{proposed.replicas} x {itype.name} need {gpus} GPUs, over the {quota}-GPU quota of the "
+            f"{itype.family} family"
+        )
     if proposed.spot_replicas:
         pool, n_azs, known = spot_pool_instances(itype)
         figures |= {"spot_azs": float(n_azs), "spot_pool_instances_estimate": float(pool)}
