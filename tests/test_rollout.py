@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from workflow_fixtures import Clock
 
 from optiinfra_assets import sandbox
 from optiinfra_assets.agents import CAPABILITIES
@@ -34,22 +35,9 @@ START = datetime(2026, 3, 3, 14, 0, tzinfo=UTC)
 QUALITY = BaselineStat(median=0.88, mad=0.02, p05=0.83, p95=0.93, n=5000)
 
 
-class Clock:
-    """Test time: the sandbox target and the executor read it; a soak advances it."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(START)
 
 
 @pytest.fixture

@@ -26,8 +26,10 @@ GOOD = "acme-chat-8b"
 
 
 class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
+    """Test time: the sandbox target and the executor read it; a soak advances it."""
+
+    def __init__(self, start: datetime = NOW) -> None:
+        self.now = start
 
     def __call__(self) -> datetime:
         return self.now

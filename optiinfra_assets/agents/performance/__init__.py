@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from optiinfra_assets.agents.baselines import is_anomalous
 from optiinfra_assets.agents.capability import CheckResult, StageContext, ValidationRequest
 from optiinfra_assets.catalog import instance_type, model
 from optiinfra_assets.models import DeploymentConfig, Validation
@@ -12,8 +13,6 @@ from optiinfra_assets.serving import load_point, serving_capacity
 from optiinfra_assets.snapshot import BaselineStat
 
 AGENT = "performance"
-# Robust z-score: 0.6745 * (x - median) / MAD is ~N(0, 1) for normal data.
-_MAD_TO_SIGMA = 0.6745
 
 
 def replicas_lost_to_interruption(config: DeploymentConfig) -> tuple[int, str]:
@@ -74,25 +73,6 @@ def validate(request: ValidationRequest) -> Validation:
         f"predicted p95 {point.latency_p95_ms:.0f} ms, {verdict} the SLO of {slo:.0f} ms"
     )
     return Validation(agent=AGENT, passed=passed, detail=detail, figures=figures)
-
-
-def is_anomalous(value: float, stat: BaselineStat, z: float) -> bool:
-    """Robust z-score test: |0.6745 * (x - median) / MAD| > z.
-
-    A MAD of zero (over half the samples equal) would make every other value infinitely far: the
-    p05-p95 spread then stands in for the scale (as a normal's 3.29 sigma), and with no spread at all
-    only a value different from the median is anomalous. A non-finite value always is.
-    """
-    if not math.isfinite(value):
-        return True
-    if stat.n == 0:
-        return False
-    deviation = value - stat.median
-    if stat.mad > 0:
-        return abs(_MAD_TO_SIGMA * deviation / stat.mad) > z
-    if stat.p95 > stat.p05:
-        return abs(deviation / ((stat.p95 - stat.p05) / 3.29)) > z
-    return not math.isclose(value, stat.median, rel_tol=1e-9, abs_tol=1e-12)
 
 
 def latency_regression(
