@@ -10,22 +10,31 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from functools import cache
 
 import numpy as np
 import polars as pl
 
-from optiinfra_assets.catalog import instance_type, model
+from optiinfra_assets.catalog import (
+    INSTANCE_TYPES,
+    MODELS,
+    InstanceType,
+    default_config,
+    instance_type,
+    model,
+)
 from optiinfra_assets.metrics import SCHEMAS, Domain
 from optiinfra_assets.models import (
     Customer,
     Deployment,
+    EngineConfig,
     Fault,
     FaultKind,
     Instance,
     InstanceState,
     Lifecycle,
 )
-from optiinfra_assets.serving import ServingCapacity, load_points, serving_capacity
+from optiinfra_assets.serving import ServingCapacity, load_points, quality_factor, serving_capacity
 
 AZS = ("us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d", "us-east-1f")
 DIURNAL_AMPLITUDE = 0.35  # peak-to-mean swing of demand over a day
@@ -61,15 +70,17 @@ def _key(seed: int, name: str) -> int:
     return int.from_bytes(digest, "little")
 
 
-def _uniform(key: int, ts_s: np.ndarray, stream: int) -> np.ndarray:
-    """Uniform (0, 1) values, one per timestamp, for stream `stream` of an instance key."""
+def _uniform(key: int | np.ndarray, ts_s: np.ndarray, stream: int) -> np.ndarray:
+    """Uniform (0, 1) values, one per timestamp, for stream `stream` of an instance key (or of each row's
+    key, given an array of keys as long as ts_s)."""
     with np.errstate(over="ignore"):
-        x = np.uint64(key) ^ _splitmix64(ts_s.astype(np.uint64) * np.uint64(64) + np.uint64(stream))
+        counter = ts_s.astype(np.uint64) * np.uint64(64) + np.uint64(stream)
+        x = np.asarray(key, dtype=np.uint64) ^ _splitmix64(counter)
     bits = _splitmix64(x) >> np.uint64(11)
     return (bits.astype(np.float64) + 0.5) * (1.0 / 2.0**53)
 
 
-def _normal(key: int, ts_s: np.ndarray, stream: int) -> np.ndarray:
+def _normal(key: int | np.ndarray, ts_s: np.ndarray, stream: int) -> np.ndarray:
     """Standard normal values by Box-Muller over two uniform streams."""
     u1, u2 = _uniform(key, ts_s, 2 * stream), _uniform(key, ts_s, 2 * stream + 1)
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
@@ -89,11 +100,11 @@ def pick_az(seed: int, instance_id: str) -> str:
 CUSTOMERS: tuple[Customer, ...] = (
     # SLOs are p95 end-to-end latency of a whole response (~256 output tokens on average).
     Customer(
-        id="acme", name="Acme Corp (chat assistant)", slo_p95_latency_ms=30_000, min_monthly_savings_usd=500
+        id="acme", name="Acme Corp (chat assistant)", slo_p95_latency_ms=45_000, min_monthly_savings_usd=500
     ),
     Customer(id="globex", name="Globex (RAG search)", slo_p95_latency_ms=45_000, min_monthly_savings_usd=300),
     Customer(
-        id="initech", name="Initech (code assistant)", slo_p95_latency_ms=20_000, min_monthly_savings_usd=1000
+        id="initech", name="Initech (code assistant)", slo_p95_latency_ms=40_000, min_monthly_savings_usd=1000
     ),
     Customer(
         id="umbrella",
@@ -111,7 +122,7 @@ _DEPLOYMENTS: tuple[tuple[str, str, str, str, int, float], ...] = (
     # Lowest band (<5%) and 65% savings, but only 2 replicas: one loss overloads the other at peak.
     ("acme-chat-70b", "acme", "Llama-3.1-70B", "p4de.24xlarge", 2, 0.55),
     ("globex-rag-mistral", "globex", "Mistral-7B-Instruct-v0.2", "g5.2xlarge", 3, 0.50),
-    ("globex-rag-qwen", "globex", "Qwen2.5-7B", "g6.xlarge", 3, 0.45),
+    ("globex-rag-qwen", "globex", "Qwen2.5-7B", "g6.xlarge", 3, 0.42),
     # Bad spot candidate: >20% band and a single replica, a spot loss is an outage.
     ("initech-code-72b", "initech", "Qwen2.5-72B", "p5.48xlarge", 1, 0.60),
     ("umbrella-sum-mixtral", "umbrella", "Mixtral-8x7B-v0.1", "p4d.24xlarge", 1, 0.50),
@@ -127,17 +138,11 @@ def capacity(deployment: Deployment) -> ServingCapacity:
 def _deployment(
     did: str, cid: str, model_name: str, itype: str, replicas: int, peak_util: float
 ) -> Deployment:
-    cap = serving_capacity(model(model_name), instance_type(itype))
+    config = default_config(itype, replicas)
+    cap = serving_capacity(model(model_name), instance_type(itype), config.engine)
     # Mean load such that the weekday peak sits at `peak_util` of the deployment's capacity.
     base = round(peak_util * replicas * cap.max_requests_per_s / _PEAK_FACTOR, 3)
-    return Deployment(
-        id=did,
-        customer_id=cid,
-        model=model_name,
-        instance_type=itype,
-        replicas=replicas,
-        base_requests_per_s=base,
-    )
+    return Deployment(id=did, customer_id=cid, model=model_name, config=config, base_requests_per_s=base)
 
 
 def initial_fleet(seed: int, now: datetime) -> tuple[list[Customer], list[Deployment], list[Instance]]:
@@ -154,11 +159,76 @@ def initial_fleet(seed: int, now: datetime) -> tuple[list[Customer], list[Deploy
                     deployment_id=d.id,
                     instance_type=d.instance_type,
                     lifecycle=Lifecycle.ON_DEMAND,
+                    engine=d.config.engine,
                     az=pick_az(seed, iid),
                     launched_at=launched,
                 )
             )
     return customers, deployments, instances
+
+
+# A synthetic fleet shaped like the measured production one (428 deployments on 1,000 instances), for
+# bench/full_pass.py and scale tests: any (model, instance type) pair of the catalog that fits, mostly
+# small deployments.
+SYNTHETIC_REPLICA_WEIGHTS = (0.45, 0.22, 0.12, 0.08, 0.05, 0.04, 0.02, 0.02)  # P(1..8): mean 2.36 replicas
+SYNTHETIC_INSTANCES_PER_CUSTOMER = 40
+SYNTHETIC_PEAK_UTIL = (0.4, 0.7)  # weekday peak utilization, drawn per deployment
+SYNTHETIC_SLOS_MS = (20_000.0, 30_000.0, 45_000.0)
+SYNTHETIC_NO_SPOT_SHARE = 0.1  # customers whose compliance rules out spot
+
+
+def _launch(seed: int, deployments: Sequence[Deployment], now: datetime) -> list[Instance]:
+    """Each deployment's replicas, on demand, launched FLEET_AGE before ``now``."""
+    launched = _utc(now).replace(second=0, microsecond=0) - FLEET_AGE
+    return [
+        Instance(
+            id=(iid := new_instance_id(seed, d.id, n)),
+            deployment_id=d.id,
+            instance_type=d.instance_type,
+            lifecycle=Lifecycle.ON_DEMAND,
+            engine=d.config.engine,
+            az=pick_az(seed, iid),
+            launched_at=launched,
+        )
+        for d in deployments
+        for n in range(d.replicas)
+    ]
+
+
+def synthetic_fleet(
+    n_instances: int, seed: int, now: datetime
+) -> tuple[list[Customer], list[Deployment], list[Instance]]:
+    """Exactly ``n_instances`` instances in deployments of 1-8 replicas, spread over one customer per
+    SYNTHETIC_INSTANCES_PER_CUSTOMER instances; deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    pairs = [
+        (m, t)
+        for m in MODELS
+        for t in INSTANCE_TYPES
+        if _serving_group(m, t, default_config(t, 1).engine)[0].fits
+    ]
+    customers = [
+        Customer(
+            id=f"cust-{k:04d}",
+            name=f"Synthetic customer {k}",
+            slo_p95_latency_ms=float(rng.choice(SYNTHETIC_SLOS_MS)),
+            min_monthly_savings_usd=float(rng.integers(1, 11) * 100),
+            allow_spot=bool(rng.random() >= SYNTHETIC_NO_SPOT_SHARE),
+        )
+        for k in range(max(1, -(-n_instances // SYNTHETIC_INSTANCES_PER_CUSTOMER)))
+    ]
+    deployments: list[Deployment] = []
+    placed = 0
+    while placed < n_instances:
+        replicas = int(rng.choice(len(SYNTHETIC_REPLICA_WEIGHTS), p=SYNTHETIC_REPLICA_WEIGHTS)) + 1
+        replicas = min(replicas, n_instances - placed)
+        model_name, itype = pairs[rng.integers(len(pairs))]
+        customer = customers[rng.integers(len(customers))]
+        peak_util = float(rng.uniform(*SYNTHETIC_PEAK_UTIL))
+        did = f"{customer.id}-d{len(deployments):05d}"
+        deployments.append(_deployment(did, customer.id, model_name, itype, replicas, peak_util))
+        placed += replicas
+    return customers, deployments, _launch(seed, deployments, now)
 
 
 # ------------------------------------------------------------------------------------------ time grid
@@ -181,17 +251,24 @@ def _grid(start: datetime, end: datetime, step_s: int) -> np.ndarray:
     return ts[ts * 1000 < last_ms]
 
 
-def _running_mask(instances: Sequence[Instance], ts_s: np.ndarray) -> np.ndarray:
-    """(T, N) bool: instance n runs at ts[t] (launched_at <= ts < ended_at)."""
-    mask = np.zeros((ts_s.size, len(instances)), dtype=bool)
+def _running_bounds_ms(instances: Sequence[Instance]) -> tuple[np.ndarray, np.ndarray]:
+    """Per instance, the epoch-ms range [launched_at, ended_at) it runs in; an empty one for an instance
+    that ended without a recorded time (treated as never having served)."""
+    lo = np.zeros(len(instances), dtype=np.int64)
+    hi = np.zeros(len(instances), dtype=np.int64)
     for n, inst in enumerate(instances):
         if inst.ended_at is None and inst.state != InstanceState.RUNNING:
-            continue  # ended without a recorded time: treat as never having served
-        lo = _epoch_ms(inst.launched_at)
-        hi = _epoch_ms(inst.ended_at) if inst.ended_at is not None else np.iinfo(np.int64).max
-        ms = ts_s * 1000
-        mask[:, n] = (ms >= lo) & (ms < hi)
-    return mask
+            continue
+        lo[n] = _epoch_ms(inst.launched_at)
+        hi[n] = _epoch_ms(inst.ended_at) if inst.ended_at is not None else np.iinfo(np.int64).max
+    return lo, hi
+
+
+def _running_mask(instances: Sequence[Instance], ts_s: np.ndarray) -> np.ndarray:
+    """(T, N) bool: instance n runs at ts[t] (launched_at <= ts < ended_at)."""
+    lo, hi = _running_bounds_ms(instances)
+    ms = (ts_s * 1000)[:, None]
+    return (ms >= lo) & (ms < hi)
 
 
 def demand_factor(ts_s: np.ndarray) -> np.ndarray:
@@ -205,19 +282,64 @@ def demand_factor(ts_s: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ generation
 
 
-class _Fleet:
-    """Instances sorted by id with what generation needs about each, looked up once."""
+@cache
+def _serving_group(model_name: str, itype_name: str, engine: EngineConfig) -> tuple[ServingCapacity, float]:
+    """Capacity and quality factor of one serving group: computed once per process, pure in its arguments."""
+    spec = model(model_name)
+    return serving_capacity(spec, instance_type(itype_name), engine), quality_factor(spec, engine)
 
-    def __init__(self, customers: Sequence[Customer], deployments: Sequence[Deployment], instances):
+
+class _Fleet:
+    """Instances sorted by id, and what generation needs about each as arrays indexed like them.
+
+    Instances that serve alike (same model, instance type and engine) form one serving group whose
+    capacity is computed once, so that generation works on whole groups of rows, never per instance.
+    """
+
+    def __init__(
+        self,
+        customers: Sequence[Customer],
+        deployments: Sequence[Deployment],
+        instances: Sequence[Instance],
+        seed: int,
+    ) -> None:
         dep_by_id = {d.id: d for d in deployments}
         known = {c.id for c in customers}
         self.instances = sorted((i for i in instances if i.deployment_id in dep_by_id), key=lambda i: i.id)
         self.deployments = [dep_by_id[i.deployment_id] for i in self.instances]
         self.customer_ids = [d.customer_id if d.customer_id in known else "" for d in self.deployments]
-        self.caps = {d.id: capacity(d) for d in deployments if d.id in {x.id for x in self.deployments}}
+        dep_ids = list(dict.fromkeys(d.id for d in self.deployments))
+        dep_index = {did: k for k, did in enumerate(dep_ids)}
+        self.dep_idx = np.array([dep_index[d.id] for d in self.deployments], dtype=np.int64)
+        self.base_rps = np.array([dep_by_id[did].base_requests_per_s for did in dep_ids], dtype=np.float64)
+        # (capacity, instance type, quality factor) per serving group; group_idx: each instance's group.
+        self.groups: list[tuple[ServingCapacity, InstanceType, float]] = []
+        group_of: dict[tuple[str, str, EngineConfig], int] = {}
+        group_idx = []
+        for inst, dep in zip(self.instances, self.deployments, strict=True):
+            key = (dep.model, inst.instance_type, inst.engine)
+            if key not in group_of:
+                group_of[key] = len(self.groups)
+                cap, quality = _serving_group(*key)
+                self.groups.append((cap, instance_type(inst.instance_type), quality))
+            group_idx.append(group_of[key])
+        self.group_idx = np.array(group_idx, dtype=np.int64)
+        self.noise_keys = np.array([_key(seed, i.id) for i in self.instances], dtype=np.uint64)
+        self.quality_keys = np.array([_key(seed, "quality:" + i.id) for i in self.instances], dtype=np.uint64)
+        self._lo_ms, self._hi_ms = _running_bounds_ms(self.instances)
 
     def __len__(self) -> int:
         return len(self.instances)
+
+    @property
+    def n_deployments(self) -> int:
+        return self.base_rps.size
+
+    def running(self, ts_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(t_idx, n_idx) of every (timestamp, instance) where the instance runs, ordered by ts then id."""
+        ms = (ts_s * 1000)[:, None]
+        t_idx, n_idx = np.nonzero((ms >= self._lo_ms) & (ms < self._hi_ms))
+        return t_idx, n_idx
 
 
 def _frame(domain: Domain, fleet: _Fleet, ts_s: np.ndarray, idx: np.ndarray, values: dict) -> pl.DataFrame:
@@ -240,54 +362,60 @@ def _empty(domain: Domain) -> pl.DataFrame:
     return pl.DataFrame(schema=SCHEMAS[domain].polars_schema)
 
 
-def _instance_load(fleet: _Fleet, ts_s: np.ndarray, mask: np.ndarray, seed: int) -> np.ndarray:
-    """(T, N) requests/s each instance receives: its deployment's demand split over the running ones."""
-    demand = demand_factor(ts_s)
-    load = np.zeros(mask.shape)
-    for dep_id in {d.id for d in fleet.deployments}:
-        cols = [n for n, d in enumerate(fleet.deployments) if d.id == dep_id]
-        running = mask[:, cols].sum(axis=1)
-        share = fleet.deployments[cols[0]].base_requests_per_s * demand / np.maximum(running, 1)
-        for n in cols:
-            noise = 1.0 + LOAD_NOISE * _normal(_key(seed, fleet.instances[n].id), ts_s, 0)
-            load[:, n] = np.maximum(share * noise, 0.0)
-    return load
+def _instance_load(
+    fleet: _Fleet, ts_s: np.ndarray, t_idx: np.ndarray, n_idx: np.ndarray, keys: np.ndarray
+) -> np.ndarray:
+    """Requests/s of each running (ts, instance) row: its deployment's demand at ts split over the
+    deployment's instances running then, times the instance's noise."""
+    dep_rows = fleet.dep_idx[n_idx]
+    # One cell per (ts, deployment): there are never more cells than rows, so the count stays linear.
+    cell = t_idx * fleet.n_deployments + dep_rows
+    running = np.bincount(cell, minlength=ts_s.size * fleet.n_deployments)[cell]
+    share = fleet.base_rps[dep_rows] * demand_factor(ts_s)[t_idx] / np.maximum(running, 1)
+    noise = 1.0 + LOAD_NOISE * _normal(keys, ts_s[t_idx], 0)
+    return np.maximum(share * noise, 0.0)
 
 
-def _per_second(fleet: _Fleet, ts_s: np.ndarray, seed: int) -> dict[Domain, pl.DataFrame]:
-    mask = _running_mask(fleet.instances, ts_s)
-    load = _instance_load(fleet, ts_s, mask, seed)
-    t_idx, n_idx = np.nonzero(mask)  # row-major: ordered by ts, then instance id
+def _serve(fleet: _Fleet, n_idx: np.ndarray, load: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """load_points of every row, one call per serving group: rows are grouped by a stable sort."""
+    group_rows = fleet.group_idx[n_idx]
+    order = np.argsort(group_rows, kind="stable")
+    bounds = np.searchsorted(group_rows[order], np.arange(len(fleet.groups) + 1))
+    out = {name: np.empty(load.size) for name in names}
+    for g, (cap, itype, _) in enumerate(fleet.groups):
+        rows = order[bounds[g] : bounds[g + 1]]
+        if rows.size:
+            points = load_points(cap, itype, load[rows])
+            for name in names:
+                out[name][rows] = points[name]
+    return out
+
+
+_LATENCIES = ("ttft_ms", "itl_ms", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
+
+
+def _per_second(fleet: _Fleet, ts_s: np.ndarray) -> dict[Domain, pl.DataFrame]:
+    t_idx, n_idx = fleet.running(ts_s)
+    ts_rows, keys = ts_s[t_idx], fleet.noise_keys[n_idx]
     perf_cols = [m.name for m in SCHEMAS[Domain.PERFORMANCE].measures]
-    res_cols = ["gpu_util_pct", "gpu_mem_used_gib", "power_w"]
-    out = {name: np.empty(t_idx.size) for name in [*perf_cols, *res_cols, "gpu_mem_total_gib"]}
-    for n, (inst, dep) in enumerate(zip(fleet.instances, fleet.deployments, strict=True)):
-        rows = n_idx == n
-        if not rows.any():
-            continue
-        ts_n = ts_s[t_idx[rows]]
-        itype = instance_type(inst.instance_type)
-        points = load_points(fleet.caps[dep.id], itype, load[t_idx[rows], n])
-        key = _key(seed, inst.id)
-        jitter = 1.0 + LATENCY_NOISE * _normal(key, ts_n, 1)
-        for name in ("ttft_ms", "itl_ms", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
-            points[name] = points[name] * np.maximum(jitter, 0.5)
-        points["gpu_util_pct"] = np.clip(points["gpu_util_pct"] + 2.0 * _normal(key, ts_n, 2), 0.0, 100.0)
-        points["power_w"] = np.maximum(points["power_w"] * (1.0 + 0.02 * _normal(key, ts_n, 3)), 0.0)
-        points["gpu_mem_total_gib"] = np.full(ts_n.size, itype.gpu_memory_gib_total)
-        for name in out:
-            out[name][rows] = points[name]
-    ts_rows = ts_s[t_idx]
+    res_cols = [m.name for m in SCHEMAS[Domain.RESOURCE].measures]
+    served = [name for name in (*perf_cols, *res_cols) if name != "gpu_mem_total_gib"]
+    out = _serve(fleet, n_idx, _instance_load(fleet, ts_s, t_idx, n_idx, keys), served)
+    jitter = np.maximum(1.0 + LATENCY_NOISE * _normal(keys, ts_rows, 1), 0.5)
+    for name in _LATENCIES:
+        out[name] = out[name] * jitter
+    out["gpu_util_pct"] = np.clip(out["gpu_util_pct"] + 2.0 * _normal(keys, ts_rows, 2), 0.0, 100.0)
+    out["power_w"] = np.maximum(out["power_w"] * (1.0 + 0.02 * _normal(keys, ts_rows, 3)), 0.0)
+    mem_total = np.array([itype.gpu_memory_gib_total for _, itype, _ in fleet.groups])
+    out["gpu_mem_total_gib"] = mem_total[fleet.group_idx[n_idx]]
     perf = _frame(Domain.PERFORMANCE, fleet, ts_rows, n_idx, {c: out[c] for c in perf_cols})
-    res_names = [m.name for m in SCHEMAS[Domain.RESOURCE].measures]
-    res = _frame(Domain.RESOURCE, fleet, ts_rows, n_idx, {c: out[c] for c in res_names})
+    res = _frame(Domain.RESOURCE, fleet, ts_rows, n_idx, {c: out[c] for c in res_cols})
     return {Domain.PERFORMANCE: perf, Domain.RESOURCE: res}
 
 
 def _cost(fleet: _Fleet, start: datetime, end: datetime) -> pl.DataFrame:
     ts_s = _grid(start, end, 60)
-    mask = _running_mask(fleet.instances, ts_s)
-    t_idx, n_idx = np.nonzero(mask)
+    t_idx, n_idx = fleet.running(ts_s)
     prices = np.array([instance_type(i.instance_type).price_usd_hour(i.lifecycle) for i in fleet.instances])
     lifecycles = pl.Series([str(i.lifecycle) for i in fleet.instances], dtype=pl.String)
     itypes = pl.Series([i.instance_type for i in fleet.instances], dtype=pl.String)
@@ -326,18 +454,13 @@ def _quality_drop(fleet: _Fleet, faults: Sequence[Fault], ts_s: np.ndarray, n_id
     return np.minimum(drop, 1.0)
 
 
-def _quality(fleet: _Fleet, faults: Sequence[Fault], ts_s: np.ndarray, seed: int) -> pl.DataFrame:
-    mask = _running_mask(fleet.instances, ts_s)
-    t_idx, n_idx = np.nonzero(mask)
-    ts_rows = ts_s[t_idx]
-    z = np.empty((3, ts_rows.size))
-    for n, inst in enumerate(fleet.instances):
-        rows = n_idx == n
-        key = _key(seed, "quality:" + inst.id)
-        for k in range(3):
-            z[k, rows] = _normal(key, ts_rows[rows], k)
+def _quality(fleet: _Fleet, faults: Sequence[Fault], ts_s: np.ndarray) -> pl.DataFrame:
+    t_idx, n_idx = fleet.running(ts_s)
+    ts_rows, keys = ts_s[t_idx], fleet.quality_keys[n_idx]
+    z = [_normal(keys, ts_rows, k) for k in range(3)]
     drop = _quality_drop(fleet, faults, ts_rows, n_idx)
-    quality = (QUALITY_MEAN + QUALITY_SD * z[0]) * (1.0 - drop)
+    engine_factor = np.array([factor for _, _, factor in fleet.groups])[fleet.group_idx[n_idx]]
+    quality = (QUALITY_MEAN + QUALITY_SD * z[0]) * (1.0 - drop) * engine_factor
     hallucination = HALLUCINATION_MEAN + HALLUCINATION_SD * z[1] + drop / 2.0
     toxicity = TOXICITY_MEAN + TOXICITY_SD * np.abs(z[2])
     ids = pl.Series([i.id for i in fleet.instances], dtype=pl.String).gather(
@@ -375,12 +498,12 @@ def generate(
     quality_sample_s: int = 10,
 ) -> dict[Domain, pl.DataFrame]:
     """Metric rows of [start, end) in the SCHEMAS of each domain, ordered by ts then instance id."""
-    fleet = _Fleet(customers, deployments, instances)
+    fleet = _Fleet(customers, deployments, instances, seed)
     if not len(fleet) or _epoch_ms(end) <= _epoch_ms(start):
         return {d: _empty(d) for d in Domain}
-    frames = _per_second(fleet, _grid(start, end, step_s), seed)
+    frames = _per_second(fleet, _grid(start, end, step_s))
     frames[Domain.COST] = _cost(fleet, start, end)
-    frames[Domain.QUALITY] = _quality(fleet, faults, _grid(start, end, quality_sample_s), seed)
+    frames[Domain.QUALITY] = _quality(fleet, faults, _grid(start, end, quality_sample_s))
     return {d: frames[d] for d in Domain}
 
 

@@ -133,16 +133,7 @@ HOURLY_DOMAINS = (Domain.PERFORMANCE, Domain.RESOURCE, Domain.QUALITY)
 
 def load_baselines(metrics: MetricStore) -> dict[str, dict[str, BaselineStat]]:
     """deployment -> metric -> whole-week baseline, for the whole fleet in one query."""
-    loader = getattr(baseline_store, "load_overall_baselines", None)
-    if loader is not None:
-        return loader(metrics)
-    frame = baseline_store._load(metrics, None, None, None, all_hours=True)  # interim until the set loader
-    out: dict[str, dict[str, BaselineStat]] = {}
-    for row in frame.iter_rows(named=True):
-        out.setdefault(row["deployment_id"], {})[row["metric"]] = BaselineStat(
-            median=row["median"], mad=row["mad"], p05=row["p05"], p95=row["p95"], n=int(row["n"])
-        )
-    return out
+    return baseline_store.load_overall_baselines(metrics)
 
 
 def load_snapshot(state: StateStore, metrics: MetricStore, now: datetime) -> FleetSnapshot:

@@ -9,6 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+from optiinfra_assets import snapshot
+from optiinfra_assets.agents import baselines
 from optiinfra_assets.agents.baselines import (
     ALL_HOURS,
     BASELINE_METRICS,
@@ -16,6 +18,7 @@ from optiinfra_assets.agents.baselines import (
     compute_baselines,
     is_anomalous,
     load_baselines,
+    load_overall_baselines,
     overall_baseline,
 )
 from optiinfra_assets.metrics import SCHEMAS, Domain
@@ -33,19 +36,21 @@ def store(tmp_path: Path) -> ChdbMetricStore:
     return s
 
 
-def _resource_rows(rng: np.random.Generator, hours: list[int], per_hour: int) -> pl.DataFrame:
-    """Two instances of d-1 sampled in the given hours of this week (hour 0 = Monday 00:00)."""
+def _resource_rows(
+    rng: np.random.Generator, hours: list[int], per_hour: int, deployment: str = "d-1"
+) -> pl.DataFrame:
+    """Two instances of a deployment sampled in the given hours of this week (hour 0 = Monday 00:00)."""
     ts, inst = [], []
     for h in hours:
         for i in range(per_hour):
             ts.append(MONDAY + timedelta(hours=h, seconds=i))
-            inst.append("i-1" if i % 2 else "i-2")
+            inst.append(f"{deployment}/i-1" if i % 2 else f"{deployment}/i-2")
     n = len(ts)
     return pl.DataFrame(
         {
             "ts": ts,
             "customer_id": ["c-1"] * n,
-            "deployment_id": ["d-1"] * n,
+            "deployment_id": [deployment] * n,
             "instance_id": inst,
             "gpu_util_pct": rng.uniform(0, 100, n),
             "gpu_mem_used_gib": rng.lognormal(3, 0.4, n),
@@ -154,3 +159,86 @@ def test_is_anomalous_uses_the_robust_z_score() -> None:
     assert not is_anomalous(5.0, flat) and is_anomalous(5.1, flat)
     spread = BaselineStat(median=5.0, mad=0.0, p05=4.0, p95=6.0, n=10)
     assert not is_anomalous(6.5, spread) and is_anomalous(9.0, spread)
+
+
+def _stat(rows: pl.DataFrame, metric: str, hour: int, deployment: str = "d-1") -> dict[str, float]:
+    got = rows.filter(
+        (pl.col("deployment_id") == deployment)
+        & (pl.col("metric") == metric)
+        & (pl.col("hour_of_week") == hour)
+    ).row(0, named=True)
+    return {k: got[k] for k in ("median", "mad", "p05", "p95", "n")}
+
+
+@pytest.mark.parametrize("per_hour", [1, 2, 3, 4, 60, 61])
+def test_even_odd_and_tiny_groups_match_numpy(store: ChdbMetricStore, per_hour: int) -> None:
+    """The MAD is read off the sorted values (the nearest run to the median), not sorted deviations: check
+    it, and the interpolated quantiles, where numpy averages two middle values and where ties abound."""
+    rng = np.random.default_rng(per_hour)
+    frame = _resource_rows(rng, hours=[5, 6], per_hour=per_hour).with_columns(
+        pl.col("gpu_util_pct").round(0)  # ties
+    )
+    store.insert_polars("resource_metrics", frame)
+    rows = compute_baselines(store, Domain.RESOURCE, now=NOW)
+    for metric in BASELINE_METRICS[Domain.RESOURCE]:
+        x = frame.filter(pl.col("ts").dt.hour() == 5)[metric].to_numpy()
+        assert _stat(rows, metric, 5) == pytest.approx(_expect(x))
+        assert _stat(rows, metric, ALL_HOURS) == pytest.approx(_expect(frame[metric].to_numpy()))
+
+
+def test_a_big_week_is_sampled_evenly_and_counts_every_sample(
+    store: ChdbMetricStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(baselines, "WEEK_SAMPLE", 100)  # 12 hours x 300 samples: one in 36 for the week
+    rng = np.random.default_rng(8)
+    frame = _resource_rows(rng, hours=list(range(12)), per_hour=300)
+    store.insert_polars("resource_metrics", frame)
+    rows = compute_baselines(store, Domain.RESOURCE, now=NOW)
+    x = frame["power_w"].to_numpy()
+    week = _stat(rows, "power_w", ALL_HOURS)
+    assert week["n"] == x.size  # the full count, not the sample's
+    expected = _expect(x)
+    # Evenly spaced order statistics of each hour: far closer than a random sample of 100 would be.
+    assert week["median"] == pytest.approx(expected["median"], rel=0.005)
+    assert week["mad"] == pytest.approx(expected["mad"], rel=0.05)
+    assert week["p95"] == pytest.approx(expected["p95"], rel=0.01)
+    assert _stat(rows, "power_w", 3) == pytest.approx(
+        _expect(frame.filter(pl.col("ts").dt.hour() == 3)["power_w"].to_numpy())
+    )
+
+
+def test_shards_of_deployments_give_the_same_baselines(
+    store: ChdbMetricStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(9)
+    for deployment in ("d-1", "d-2", "d-3"):
+        store.insert_polars(
+            "resource_metrics", _resource_rows(rng, [1, 2], per_hour=40, deployment=deployment)
+        )
+    whole = compute_baselines(store, Domain.RESOURCE, now=NOW)
+    monkeypatch.setattr(baselines, "SHARD_ROWS", 1)  # one deployment per query
+    sharded = compute_baselines(store, Domain.RESOURCE, now=NOW)
+    assert whole.height == sharded.height == 3 * 3 * 3
+    assert whole.drop("computed_at").equals(sharded.drop("computed_at"))
+
+
+def test_overall_baselines_of_the_whole_fleet_in_one_query(
+    store: ChdbMetricStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(10)
+    for deployment in ("d-1", "d-2"):
+        store.insert_polars(
+            "resource_metrics", _resource_rows(rng, [1, 2], per_hour=30, deployment=deployment)
+        )
+    compute_baselines(store, Domain.RESOURCE, now=NOW)
+    queries: list[str] = []
+    query_arrow = store.query_arrow
+    monkeypatch.setattr(
+        store, "query_arrow", lambda sql, params=None: queries.append(sql) or query_arrow(sql, params)
+    )
+    loaded = load_overall_baselines(store)
+    assert len(queries) == 1
+    assert set(loaded) == {"d-1", "d-2"} and set(loaded["d-2"]) == set(BASELINE_METRICS[Domain.RESOURCE])
+    monkeypatch.undo()
+    assert loaded["d-2"]["power_w"] == overall_baseline(store, "d-2", "power_w")
+    assert BaselineStat is snapshot.BaselineStat  # one type, whoever imports it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import multiprocessing
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from optiinfra_assets.metrics import SCHEMAS, Domain
 from resources.metric_store import (
+    BASELINE_TABLE,
     HOURLY_MEASURES,
     HOURLY_QUANTILE_MEASURES,
     ChdbMetricStore,
@@ -68,18 +70,43 @@ def test_migrate_is_idempotent_and_versioned(store: ChdbMetricStore) -> None:
     latest = migrations(store.database)[-1][0]
     assert store.migrate() == latest
     assert store.migrate() == latest
-    versions = store.query_polars(f"SELECT version FROM {store.database}.schema_migrations")["version"]
+    versions = store.query_polars(f"SELECT version FROM {store.database}.schema_migrations ORDER BY version")[
+        "version"
+    ]
     assert versions.to_list() == [v for v, _ in migrations(store.database)]
     tables = set(store.query_polars(f"SHOW TABLES FROM {store.database}")["name"])
     expected = {s.table for s in SCHEMAS.values()} | {
         "metric_quarantine",
-        "metric_baselines",
+        "deployment_baselines",
         "cost_hourly",
         "performance_hourly",
         "resource_hourly",
         "quality_hourly",
     }
     assert expected <= tables
+
+
+def test_v2_moves_the_baselines_to_a_table_keyed_by_deployment(tmp_path: Path) -> None:
+    s = ChdbMetricStore(tmp_path / "chdb")
+    db = s.database
+    with s.session():
+        s.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+        s.command(
+            f"CREATE TABLE {db}.schema_migrations (version UInt32, applied_at DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY version"
+        )
+        for statement in migrations(db)[0][1]:
+            s.command(statement)
+        s.command(f"INSERT INTO {db}.schema_migrations VALUES (1, now64(3))")
+        s.command(
+            f"INSERT INTO {db}.metric_baselines VALUES ('c-1', 'd-1', 'resource', 'power_w', 168, 300, 10, 280, 320, 50, now64(3))"
+        )
+    assert s.migrate() == 2
+    moved = s.query_polars(f"SELECT deployment_id, metric, hour_of_week, median FROM {db}.{BASELINE_TABLE}")
+    assert moved.rows() == [("d-1", "power_w", 168, 300.0)]
+    assert "metric_baselines" not in set(s.query_polars(f"SHOW TABLES FROM {db}")["name"])
+    for statement in migrations(db)[1][1]:  # a crash half-way runs the version again: harmless
+        s.command(statement)
+    assert s.count(BASELINE_TABLE) == 1
 
 
 def test_domain_tables_match_the_schemas(store: ChdbMetricStore) -> None:
@@ -186,7 +213,7 @@ def _count_in_child(path: str, queue: multiprocessing.Queue) -> None:  # type: i
 
 
 def test_other_processes_wait_for_the_lock_then_read(store: ChdbMetricStore) -> None:
-    """The engine is closed between operations, so a second process can open the same folder."""
+    """A second process waits while this one runs an operation, and gets the folder when it ends."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     with store.session():
@@ -197,6 +224,37 @@ def test_other_processes_wait_for_the_lock_then_read(store: ChdbMetricStore) -> 
         assert child.is_alive()  # blocked on the lock while this process holds the session
     child.join(timeout=60)
     assert queue.get(timeout=5) == 4
+
+
+def test_an_idle_engine_hands_the_folder_over_and_takes_it_back(store: ChdbMetricStore) -> None:
+    """The engine stays open after an operation, yet a process that asks for the folder gets it."""
+    store.insert_polars("cost_metrics", _frame(Domain.COST, 3))  # the engine now lingers, idle
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_count_in_child, args=(str(store.path), queue))
+    child.start()
+    assert queue.get(timeout=60) == 3
+    child.join(timeout=30)
+    assert store.count("cost_metrics") == 3  # and this process opens it again
+
+
+def _threads_and_descriptors() -> tuple[int, int]:
+    return len(os.listdir("/proc/self/task")), len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through /proc")
+def test_repeated_sessions_keep_threads_and_descriptors_bounded(store: ChdbMetricStore) -> None:
+    """chdb 4.4 leaves ~5 threads and 3+ descriptors behind each time its engine stops and starts again
+    (a second 1,000-instance pass died of errno 24): sessions must not restart it."""
+    for _ in range(3):  # warm up: the engine's own pools start with the first queries
+        with store.session():
+            store.count("cost_metrics")
+    threads, fds = _threads_and_descriptors()
+    for _ in range(50):
+        with store.session():
+            store.count("cost_metrics")
+    more_threads, more_fds = _threads_and_descriptors()
+    assert more_threads - threads <= 5 and more_fds - fds <= 10, (threads, more_threads, fds, more_fds)
 
 
 def test_lock_file_is_next_to_the_data_folder(store: ChdbMetricStore) -> None:

@@ -8,10 +8,11 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from optiinfra_assets.catalog import instance_type
+from optiinfra_assets.catalog import instance_type, model
 from optiinfra_assets.metrics import SCHEMAS, Domain
-from optiinfra_assets.models import Fault, FaultKind, InstanceState, Lifecycle
-from optiinfra_assets.sandbox import capacity, generate, initial_fleet, observe
+from optiinfra_assets.models import Fault, FaultKind, InstanceState, Lifecycle, Quantization
+from optiinfra_assets.sandbox import QUALITY_MEAN, capacity, generate, initial_fleet, observe, synthetic_fleet
+from optiinfra_assets.serving import quality_factor
 
 NOW = datetime(2026, 5, 11, 12, 0, tzinfo=UTC)  # a Monday
 SEED = 42
@@ -164,3 +165,66 @@ def test_a_week_at_ten_seconds_has_a_row_per_instance_and_step(fleet) -> None:
     frames = generate(*fleet, [], NOW - timedelta(days=7), NOW, seed=SEED, step_s=10)
     assert frames[Domain.PERFORMANCE].height == 7 * 8640 * len(fleet[2])
     assert frames[Domain.RESOURCE].height == 7 * 8640 * len(fleet[2])
+
+
+def test_synthetic_fleet_is_shaped_like_production_and_repeats() -> None:
+    customers, deployments, instances = synthetic_fleet(1_000, SEED, NOW)
+    assert len(instances) == 1_000 == sum(d.replicas for d in deployments)
+    assert 0.35 <= len(deployments) / len(instances) <= 0.5  # production: 428 per 1,000
+    assert all(1 <= d.replicas <= 8 and capacity(d).fits for d in deployments)
+    assert {d.customer_id for d in deployments} <= {c.id for c in customers}
+    assert len({i.id for i in instances}) == len(instances)
+    assert synthetic_fleet(1_000, SEED, NOW) == (customers, deployments, instances)
+    assert synthetic_fleet(37, SEED, NOW)[2] and len(synthetic_fleet(37, SEED, NOW)[2]) == 37
+
+
+def test_deployments_generated_apart_give_the_same_rows() -> None:
+    """Generation groups rows by serving group and deployment: generating the fleet at once must give
+    each instance the rows it gets when its deployment is generated alone (churn included)."""
+    customers, deployments, instances = synthetic_fleet(60, SEED, NOW)
+    instances[0] = instances[0].model_copy(
+        update={"state": InstanceState.INTERRUPTED, "ended_at": NOW + timedelta(minutes=7)}
+    )
+    instances[1] = instances[1].model_copy(update={"launched_at": NOW + timedelta(minutes=4)})
+    window = (NOW, NOW + timedelta(minutes=12))
+    whole = generate(
+        customers, deployments, instances, [], *window, seed=SEED, step_s=60, quality_sample_s=60
+    )
+    for domain in Domain:
+        apart = pl.concat(
+            [
+                generate(
+                    customers,
+                    [d],
+                    [i for i in instances if i.deployment_id == d.id],
+                    [],
+                    *window,
+                    seed=SEED,
+                    step_s=60,
+                    quality_sample_s=60,
+                )[domain]
+                for d in deployments
+            ]
+        ).sort("ts", "instance_id")
+        assert_frame_equal(whole[domain], apart, check_exact=True)
+
+
+def test_quality_follows_each_instance_engine(fleet) -> None:
+    """A canary on int4 weights loses the quality the serving model expects of it; its siblings don't."""
+    customers, deployments, instances = fleet
+    dep = next(d for d in deployments if d.id == "acme-chat-8b")
+    canary = next(i for i in instances if i.deployment_id == dep.id)
+    int4 = canary.engine.model_copy(update={"quantization": Quantization.INT4_GPTQ})
+    mixed = [i.model_copy(update={"engine": int4}) if i.id == canary.id else i for i in instances]
+    q = generate(customers, deployments, mixed, [], NOW, NOW + timedelta(hours=1), seed=SEED)[Domain.QUALITY]
+    by = dict(
+        q.filter(pl.col("deployment_id") == dep.id)
+        .group_by("instance_id")
+        .agg(pl.col("quality_score").mean())
+        .iter_rows()
+    )
+    factor = quality_factor(model(dep.model), int4)
+    assert factor < 0.97
+    siblings = [v for k, v in by.items() if k != canary.id]
+    assert by[canary.id] / (sum(siblings) / len(siblings)) == pytest.approx(factor, abs=0.01)
+    assert min(siblings) == pytest.approx(QUALITY_MEAN, abs=0.01)
