@@ -52,6 +52,7 @@ bench: venv
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/approval_sensor.py
 	$(BIN)/python bench/sandbox_generate.py
+	$(BIN)/python bench/full_pass.py --instances 1000
 
 clean:
 	rm -rf $(OPTIINFRA_HOME)

@@ -24,7 +24,7 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -82,14 +82,6 @@ def chunks(start: datetime, end: datetime, n_instances: int) -> Iterator[tuple[d
         start += length
 
 
-def analysis() -> tuple[str, Callable[[workflow.Services, datetime], object]]:
-    """The lead engineer's whole analysis pass where it exists, else today's spot proposals."""
-    run = getattr(workflow, "run_analysis_pass", None)
-    if run is not None:
-        return "run_analysis_pass", run
-    return "propose_spot_migrations", workflow.propose_spot_migrations
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instances", type=int, default=1_000)
@@ -130,13 +122,12 @@ def main() -> None:
             del frames
         print(f"rows={rows:,} generate_s={phases.seconds['generate']:.1f}")
 
-        name, run = analysis()
         with svc.metrics.session():
             for domain in Domain:
                 with phases.timed(f"analysis: baselines {domain}"):
                     compute_baselines(svc.metrics, domain, now)
-            with phases.timed(f"analysis: {name}"):
-                run(svc, now)
+            with phases.timed("analysis: run_analysis_pass"):
+                workflow.run_analysis_pass(svc, now)
         svc.metrics.close()  # before the folder goes
         for phase, seconds in phases.seconds.items():
             print(f"  {phase:<40} {seconds:8.2f} s   peak RSS so far {phases.peak_mib[phase]:6d} MiB")

@@ -21,4 +21,6 @@ def table(rows: Sequence[Mapping[str, Any]]) -> dg.MetadataValue:
         return dg.MetadataValue.md("_none_")
     columns = list(dict.fromkeys(k for row in rows for k in row))
     records = [dg.TableRecord({c: _cell(row.get(c)) for c in columns}) for row in rows]
-    return dg.MetadataValue.table(records, schema=dg.TableSchema(columns=[dg.TableColumn(c) for c in columns]))
+    return dg.MetadataValue.table(
+        records, schema=dg.TableSchema(columns=[dg.TableColumn(c) for c in columns])
+    )

@@ -25,8 +25,9 @@ def graph() -> dict[str, dict[str, object]]:
             "group": node.group_name,
             "deps": sorted(k.to_user_string() for k in node.parent_keys),
             "kinds": sorted(node.kinds),
-            "automation": None if node.automation_condition is None else node.automation_condition.get_label()
-            or type(node.automation_condition).__name__,
+            "automation": None
+            if node.automation_condition is None
+            else node.automation_condition.get_label() or type(node.automation_condition).__name__,
             "freshness": None if node.freshness_policy is None else type(node.freshness_policy).__name__,
             "partitioned": node.partitions_def is not None,
             "checks": sorted(k.name for k in asset_graph.get_check_keys_for_assets([key])),
