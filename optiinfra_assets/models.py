@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
+from optiinfra_assets.config import DecisionSettings
+
 
 class Lifecycle(StrEnum):
     ON_DEMAND = "on_demand"
@@ -296,7 +298,7 @@ class Recommendation(BaseModel):
     expires_at: datetime
     current: DeploymentConfig  # the deployment when the change was proposed (what a rollback restores)
     desired: DeploymentConfig  # what the change makes it
-    stages: list[int] = Field(default_factory=lambda: [10, 50, 100])
+    stages: list[int] = Field(default_factory=lambda: list(DecisionSettings().rollout_stages))
     estimate: Estimate = Estimate()
     risk: Risk
     risk_score: float = Field(ge=0, le=1)

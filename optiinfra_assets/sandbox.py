@@ -148,23 +148,7 @@ def _deployment(
 def initial_fleet(seed: int, now: datetime) -> tuple[list[Customer], list[Deployment], list[Instance]]:
     customers = [c.model_copy() for c in CUSTOMERS]
     deployments = [_deployment(*row) for row in _DEPLOYMENTS]
-    launched = _utc(now).replace(second=0, microsecond=0) - FLEET_AGE
-    instances = []
-    for d in deployments:
-        for n in range(d.replicas):
-            iid = new_instance_id(seed, d.id, n)
-            instances.append(
-                Instance(
-                    id=iid,
-                    deployment_id=d.id,
-                    instance_type=d.instance_type,
-                    lifecycle=Lifecycle.ON_DEMAND,
-                    engine=d.config.engine,
-                    az=pick_az(seed, iid),
-                    launched_at=launched,
-                )
-            )
-    return customers, deployments, instances
+    return customers, deployments, _launch(seed, deployments, now)
 
 
 # A synthetic fleet shaped like the measured production one (428 deployments on 1,000 instances), for

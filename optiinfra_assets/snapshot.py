@@ -76,12 +76,21 @@ class FleetSnapshot:
     def baseline(self, deployment_id: str, metric: str) -> BaselineStat | None:
         return self.baselines.get(deployment_id, {}).get(metric)
 
+    @cached_property
+    def _hourly_by_deployment(self) -> dict[str, dict[str, pl.DataFrame]]:
+        # Split each domain's frame once: filtering it per deployment would scan it once per deployment.
+        return {
+            domain: {
+                key[0]: part.sort("hour")
+                for key, part in frame.partition_by("deployment_id", as_dict=True).items()
+            }
+            for domain, frame in self.hourly.items()
+            if not frame.is_empty()
+        }
+
     def hourly_of(self, domain: str, deployment_id: str) -> pl.DataFrame:
         """The deployment's hourly rows of a domain, oldest first (empty when none were read)."""
-        frame = self.hourly.get(domain)
-        if frame is None or frame.is_empty():
-            return pl.DataFrame()
-        return frame.filter(pl.col("deployment_id") == deployment_id).sort("hour")
+        return self._hourly_by_deployment.get(domain, {}).get(deployment_id, pl.DataFrame())
 
     def with_config(self, deployment_id: str, config: DeploymentConfig) -> FleetSnapshot:
         """This snapshot as if ``deployment_id`` already ran as ``config`` (for re-evaluating a change on

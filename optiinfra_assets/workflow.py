@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from optiinfra_assets import sandbox
 from optiinfra_assets.agents import CAPABILITIES, DETECTORS, VALIDATORS
-from optiinfra_assets.agents import baselines as baseline_store
+from optiinfra_assets.agents.baselines import load_overall_baselines
 from optiinfra_assets.agents.capability import (
     Capability,
     Detector,
@@ -43,7 +43,7 @@ from optiinfra_assets.models import (
     Risk,
 )
 from optiinfra_assets.serving import ConfigError, validate_config
-from optiinfra_assets.snapshot import BaselineStat, FleetSnapshot
+from optiinfra_assets.snapshot import FleetSnapshot
 from resources.llm import LlmClient, configured_llm
 from resources.memory_store import MemoryStore, open_memory_store
 from resources.metric_store import MetricStore, open_metric_store
@@ -131,16 +131,11 @@ LOOKBACK = timedelta(days=7)
 HOURLY_DOMAINS = (Domain.PERFORMANCE, Domain.RESOURCE, Domain.QUALITY)
 
 
-def load_baselines(metrics: MetricStore) -> dict[str, dict[str, BaselineStat]]:
-    """deployment -> metric -> whole-week baseline, for the whole fleet in one query."""
-    return baseline_store.load_overall_baselines(metrics)
-
-
 def load_snapshot(state: StateStore, metrics: MetricStore, now: datetime) -> FleetSnapshot:
     """The fleet and its figures, read once with set-based queries (one per metric domain, whatever the
     number of deployments) inside one engine session."""
     with metrics.session():
-        baselines = load_baselines(metrics)
+        baselines = load_overall_baselines(metrics)
         hourly = {str(d): metrics.hourly(d, since=now - LOOKBACK) for d in HOURLY_DOMAINS}
     return FleetSnapshot(
         customers=state.list_customers(),
@@ -300,7 +295,7 @@ def _recommendation(
         expires_at=now + svc.recommendation_ttl,
         current=proposal.current,
         desired=proposal.desired,
-        stages=list(cap.stages),
+        stages=list(cap.stages or settings.rollout_stages),
         estimate=proposal.estimate,
         risk=risk_level(proposal.risk_score, settings),
         risk_score=proposal.risk_score,
@@ -483,7 +478,7 @@ def rollout_context(
     """The executor's context for a recommendation, with its deployment's baselines."""
     rec = svc.state.get_recommendation(rec_id)
     with svc.metrics.session():
-        baselines = load_baselines(svc.metrics).get(rec.deployment_id, {})
+        baselines = load_overall_baselines(svc.metrics).get(rec.deployment_id, {})
     settings: dict[str, Any] = {
         "state": svc.state,
         "target": svc.target,

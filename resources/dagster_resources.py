@@ -20,7 +20,7 @@ from optiinfra_assets.workflow import Services
 from resources.llm import LlmClient, configured_llm
 from resources.memory_store import MemoryStore, open_memory_store
 from resources.metric_store import MetricStore, open_metric_store
-from resources.sources import MetricSource, open_metric_source
+from resources.sources import MetricSource, configured_metric_source
 from resources.state_store import StateStore, state_store_url
 from resources.targets import Target, open_target
 
@@ -96,14 +96,7 @@ class FleetResource(dg.ConfigurableResource):
 
     def metric_source(self, state: StateStore, step_s: int = 1) -> MetricSource:
         # The state store keeps what a source needs between runs (a scraper's previous scrape).
-        return open_metric_source(
-            self.metrics_source,
-            state=state,
-            seed=self.seed,
-            step_s=step_s,
-            prometheus_targets=self.prometheus_targets,
-            nvml_instance_id=self.nvml_instance_id,
-        )
+        return configured_metric_source(self, state, step_s)
 
     def fleet_target(self, state: StateStore) -> Target:
         return open_target(self.target, state, self.seed)

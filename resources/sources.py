@@ -717,3 +717,24 @@ def open_metric_source(
     if kind not in SOURCES:
         raise ValueError(f"OPTIINFRA_METRICS_SOURCE: unknown source {kind!r} ({' | '.join(SOURCES)})")
     return SOURCES[kind](SourceConfig(state, seed, step_s, prometheus_targets, nvml_instance_id))
+
+
+class SourceSettings(Protocol):
+    """What chooses and configures a source: optiinfra_assets.config.Settings and FleetResource both."""
+
+    metrics_source: str
+    seed: int
+    prometheus_targets: str
+    nvml_instance_id: str
+
+
+def configured_metric_source(settings: SourceSettings, state: SourceState, step_s: int = 1) -> MetricSource:
+    """The source ``settings`` name (OPTIINFRA_METRICS_SOURCE and its options)."""
+    return open_metric_source(
+        settings.metrics_source,
+        state=state,
+        seed=settings.seed,
+        step_s=step_s,
+        prometheus_targets=settings.prometheus_targets,
+        nvml_instance_id=settings.nvml_instance_id,
+    )

@@ -106,7 +106,7 @@ def spot_recommendation(state: StateStore, clock: Clock, kind: str | None = None
         expires_at=clock() + timedelta(hours=24),
         current=proposal.current,
         desired=proposal.desired,
-        stages=list(cap.stages),
+        stages=list(cap.stages or DecisionSettings().rollout_stages),
         estimate=proposal.estimate,
         risk=risk_level(proposal.risk_score, DecisionSettings()),
         risk_score=proposal.risk_score,

@@ -104,8 +104,8 @@ class Capability(ABC):
     evidence_model: ClassVar[type[Evidence]]
     # Agents asked to validate each proposal (their validators judge any config: see agents.validation).
     validators: ClassVar[tuple[str, ...]] = ("performance", "resource", "application")
-    # Percentages of the change applied per stage; checks run after each.
-    stages: ClassVar[tuple[int, ...]] = (10, 50, 100)
+    # Percentages of the change applied per stage, checks after each; None: DecisionSettings.rollout_stages.
+    stages: ClassVar[tuple[int, ...] | None] = None
     # Checks between stages; empty means the change is applied at once with nothing to watch.
     stage_checks: ClassVar[tuple[StageCheck, ...]] = ()
     # The Outcome figures it is judged by, the one it exists for first (money, latency, utilization,
@@ -149,6 +149,11 @@ class Finding(BaseModel):
     expected: float | None = None
     since: str | None = None  # ISO time the condition started, where known
     explanation: str = ""
+
+
+# The checks on a capability's and a detector's asset (assets/analysis.py), named once for the CLI too.
+ANALYSIS_CHECK = "analysis_ok"
+FINDINGS_CHECK = "no_high_severity_findings"
 
 
 class Detector(ABC):

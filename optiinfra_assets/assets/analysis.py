@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from optiinfra_assets.agents import CAPABILITIES, DETECTORS
-from optiinfra_assets.agents.capability import Capability, Detector
+from optiinfra_assets.agents.capability import ANALYSIS_CHECK, FINDINGS_CHECK, Capability, Detector
 from optiinfra_assets.assets.automation import ANALYSIS_AUTOMATION
 from optiinfra_assets.assets.baselines import BASELINE_ASSETS
 from optiinfra_assets.models import Recommendation, RecommendationStatus, Risk
@@ -19,9 +19,6 @@ from optiinfra_assets.partitions import recommendation_partitions
 from optiinfra_assets.reporting import table
 from optiinfra_assets.workflow import AnalysisReport, CapabilityReport, DetectorReport, run_analysis_pass
 from resources.dagster_resources import WorkflowResource
-
-CHECK_OK = "analysis_ok"
-CHECK_FINDINGS = "no_high_severity_findings"
 
 
 def recommendations_key(cap: Capability) -> dg.AssetKey:
@@ -67,7 +64,7 @@ def _specs() -> list[dg.AssetSpec]:
 def _check_specs() -> list[dg.AssetCheckSpec]:
     caps = [
         dg.AssetCheckSpec(
-            CHECK_OK,
+            ANALYSIS_CHECK,
             asset=recommendations_key(cap),
             description=f"`{cap.kind}` ran and returned valid proposals (a failure here is isolated).",
         )
@@ -75,7 +72,7 @@ def _check_specs() -> list[dg.AssetCheckSpec]:
     ]
     dets = [
         dg.AssetCheckSpec(
-            CHECK_FINDINGS,
+            FINDINGS_CHECK,
             asset=findings_key(det),
             description=f"`{det.name}` ran and found nothing of high severity.",
         )
@@ -121,7 +118,7 @@ def _capability_result(
         metadata["error"] = dg.MetadataValue.text(report.error)
     check = dg.AssetCheckResult(
         asset_key=key,
-        check_name=CHECK_OK,
+        check_name=ANALYSIS_CHECK,
         passed=report.error is None,
         description=report.error or f"{report.proposals} proposals, {len(report.created)} stored",
     )
@@ -148,7 +145,7 @@ def _detector_result(
     )
     check = dg.AssetCheckResult(
         asset_key=key,
-        check_name=CHECK_FINDINGS,
+        check_name=FINDINGS_CHECK,
         passed=passed,
         severity=dg.AssetCheckSeverity.ERROR if report.error else dg.AssetCheckSeverity.WARN,
         description=description,

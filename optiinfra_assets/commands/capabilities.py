@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from optiinfra_assets.agents import CAPABILITIES, DETECTORS
+from optiinfra_assets.agents.capability import ANALYSIS_CHECK, FINDINGS_CHECK
 from optiinfra_assets.config import Settings
 from resources.state_store import StateStore, state_store_url
 
@@ -30,9 +31,9 @@ def _last_materializations(names: list[str], home: Path) -> dict[str, str | None
         return out
 
 
-def capability_rows(state: StateStore | None, home: Path) -> list[dict[str, Any]]:
+def capability_rows(state: StateStore | None, settings: Settings) -> list[dict[str, Any]]:
     names = [c.asset_name for c in CAPABILITIES] + [d.asset_name for d in DETECTORS]
-    last = _last_materializations(names, home)
+    last = _last_materializations(names, settings.home)
     counts: dict[str, dict[str, int]] = {}
     if state is not None:
         for rec in state.list_recommendations():
@@ -46,11 +47,11 @@ def capability_rows(state: StateStore | None, home: Path) -> list[dict[str, Any]
             "objective": cap.objective.value,
             "description": cap.description,
             "validated_by": list(cap.validators),
-            "stages": list(cap.stages),
+            "stages": list(cap.stages or settings.decisions.rollout_stages),
             "stage_checks": [check.__name__ for check in cap.stage_checks],
             "valued_by": list(cap.valued_by),
             "asset_keys": [cap.asset_name],
-            "asset_checks": [f"{cap.asset_name}:analysis_ok"],
+            "asset_checks": [f"{cap.asset_name}:{ANALYSIS_CHECK}"],
             "last_run": last[cap.asset_name],
             "recommendations": counts.get(cap.kind, {}),
         }
@@ -64,7 +65,7 @@ def capability_rows(state: StateStore | None, home: Path) -> list[dict[str, Any]
             "objective": None,
             "description": det.description,
             "asset_keys": [det.asset_name],
-            "asset_checks": [f"{det.asset_name}:no_high_severity_findings"],
+            "asset_checks": [f"{det.asset_name}:{FINDINGS_CHECK}"],
             "last_run": last[det.asset_name],
         }
         for det in DETECTORS
@@ -75,7 +76,7 @@ def capability_rows(state: StateStore | None, home: Path) -> list[dict[str, Any]
 def cmd_capabilities(args: argparse.Namespace, settings: Settings) -> int:
     state = StateStore(state_store_url(settings.database_url, settings.home))
     state.migrate()
-    rows = capability_rows(state, settings.home)
+    rows = capability_rows(state, settings)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

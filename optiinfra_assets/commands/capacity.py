@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from optiinfra_assets.catalog import MODELS, ModelSpec, gpu, model, vllm_default_limits
+from optiinfra_assets.commands import positive_int
 from optiinfra_assets.config import Settings
 from optiinfra_assets.hf_config import load_hf_config
 from optiinfra_assets.models import EngineConfig, KvCacheDtype, Quantization
@@ -53,16 +54,6 @@ RESULT_KEYS = (
 )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -88,16 +79,16 @@ def add_parser(subparsers: Any) -> None:
     )
     capacity.add_argument("--model", required=True, help="a catalog model name, or the path of a config.json")
     capacity.add_argument("--gpu", required=True, help='GPU kind, e.g. "H100", "A100-80GB", "L4", "RTX 4090"')
-    capacity.add_argument("--gpus", type=_positive_int, default=1, help="GPUs, tensor parallel (default 1)")
+    capacity.add_argument("--gpus", type=positive_int, default=1, help="GPUs, tensor parallel (default 1)")
     capacity.add_argument("--gpu-memory-gib", type=_positive_float, help="override the GPU's reported memory")
     capacity.add_argument(
         "--gpu-memory-utilization", type=_fraction, default=0.9, help="vLLM's (default 0.9)"
     )
     capacity.add_argument(
-        "--max-model-len", type=_positive_int, help="default: the model's max_position_embeddings, as vLLM"
+        "--max-model-len", type=positive_int, help="default: the model's max_position_embeddings, as vLLM"
     )
-    capacity.add_argument("--max-num-seqs", type=_positive_int, help="default: vLLM's for the GPU")
-    capacity.add_argument("--max-num-batched-tokens", type=_positive_int, help="default: vLLM's for the GPU")
+    capacity.add_argument("--max-num-seqs", type=positive_int, help="default: vLLM's for the GPU")
+    capacity.add_argument("--max-num-batched-tokens", type=positive_int, help="default: vLLM's for the GPU")
     capacity.add_argument("--dtype", choices=["auto", *DTYPES], default="auto")
     capacity.add_argument("--quantization", choices=list(QUANTIZATIONS), help="default: the checkpoint's")
     capacity.add_argument("--kv-cache-dtype", choices=list(KV_DTYPES), default="auto")

@@ -15,7 +15,7 @@ from optiinfra_assets.collection import CollectionReport, collect_metrics
 from optiinfra_assets.config import Settings
 from optiinfra_assets.metrics import Domain
 from resources.metric_store import QUARANTINE_TABLE, MetricStore, open_metric_store
-from resources.sources import MetricSource, open_metric_source
+from resources.sources import MetricSource, configured_metric_source
 from resources.state_store import StateStore, state_store_url
 
 EXAMPLES = 5  # quarantine reasons quoted per domain, in full (the counts are by kind)
@@ -92,14 +92,7 @@ def cmd_collect(args: argparse.Namespace, settings: Settings) -> int:
     store = open_metric_store(settings.clickhouse_url, settings.home)
 
     def source_for_step(step_s: int) -> MetricSource:
-        return open_metric_source(
-            settings.metrics_source,
-            state=state,
-            seed=settings.seed,
-            step_s=step_s,
-            prometheus_targets=settings.prometheus_targets,
-            nvml_instance_id=settings.nvml_instance_id,
-        )
+        return configured_metric_source(settings, state, step_s)
 
     source_for_step(1)  # a bad setting is refused before any store is opened
     state.migrate()

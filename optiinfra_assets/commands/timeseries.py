@@ -37,6 +37,7 @@ import numpy as np
 from optiinfra_assets.agents.anomaly import detect
 from optiinfra_assets.agents.forecast import DEFAULT_SETTINGS as FORECAST_SETTINGS
 from optiinfra_assets.agents.forecast import forecast
+from optiinfra_assets.commands import positive_int
 from optiinfra_assets.config import Settings
 
 COLUMNS = ("timestamp", "value")
@@ -205,16 +206,6 @@ def cmd_forecast(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _horizon(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 def add_parser(subparsers: Any) -> None:
     detect_cmd = subparsers.add_parser(
         "detect", help="flag anomalies in a timestamp,value CSV with the agents' shared detector"
@@ -231,6 +222,6 @@ def add_parser(subparsers: Any) -> None:
     forecast_cmd.add_argument(
         "--input", required=True, help='CSV with a timestamp,value header; "-" reads stdin'
     )
-    forecast_cmd.add_argument("--horizon", required=True, type=_horizon, help="points to forecast")
+    forecast_cmd.add_argument("--horizon", required=True, type=positive_int, help="points to forecast")
     forecast_cmd.add_argument("--json", action="store_true", help="print a JSON array, one object per step")
     forecast_cmd.set_defaults(func=cmd_forecast)
