@@ -7,6 +7,7 @@ Default: SQLite in a temporary folder. Last line: tick_s=T (target <= 1 s).
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -14,12 +15,14 @@ from pathlib import Path
 
 import dagster as dg
 
-from optiinfra_assets.models import Customer, Recommendation, Risk
+from optiinfra_assets.catalog import default_config
+from optiinfra_assets.models import Customer, Estimate, Recommendation, Risk, UnregisteredEvidence
 from resources.dagster_resources import StateStoreResource
 from resources.state_store import StateStore, deployments, recommendations, sqlite_url
 from sensors.approvals import approval_sensor
 
 PENDING = 10_000
+CONFIG = default_config("g6e.xlarge", 4)
 APPROVED = 100
 
 
@@ -39,6 +42,7 @@ def populate(state: StateStore, now: datetime) -> list[str]:
             "engine": "vllm",
             "kv_cache_dtype": "fp16",
             "base_requests_per_s": 5.0,
+            "config": CONFIG.model_dump(mode="json"),
         }
         for i in range(n)
     ]
@@ -50,10 +54,13 @@ def populate(state: StateStore, now: datetime) -> list[str]:
             deployment_id=f"dep-{i}",
             created_at=now,
             expires_at=now + timedelta(hours=24),
-            estimated_monthly_savings_usd=1000.0,
+            current=CONFIG,
+            desired=CONFIG.model_copy(update={"on_demand_replicas": 0, "spot_replicas": 4}),
+            estimate=Estimate(monthly_savings_usd=1000.0),
             risk=Risk.LOW,
             risk_score=0.1,
             summary="bench",
+            evidence=UnregisteredEvidence(kind="bench"),
         )
         for i in range(n)
     ]
@@ -83,7 +90,9 @@ def main() -> None:
             result = approval_sensor(context)
             tick_s = time.perf_counter() - started
         assert isinstance(result, dg.SensorResult) and len(result.run_requests or []) == APPROVED
-        print(f"run_requests={len(result.run_requests or [])} cursor={result.cursor}")
+        print(
+            f"run_requests={len(result.run_requests or [])} cursor_keys={len(json.loads(result.cursor or '{}'))}"
+        )
         print(f"tick_s={tick_s:.3f}")
 
 

@@ -18,14 +18,25 @@ from datetime import UTC, datetime
 from typing import Any
 
 from optiinfra_assets import commands
-from optiinfra_assets.config import ENV_VARS, Settings
-from optiinfra_assets.models import Execution, Fault, FaultKind, Recommendation, RecommendationStatus, Risk
+from optiinfra_assets.config import (
+    ENV_VARS,
+    TARGET_MODULES,
+    Settings,
+    SettingsError,
+    prepare_home,
+    restrict_new_files,
+    target_available,
+)
+from optiinfra_assets.models import Fault, FaultKind, Recommendation, RecommendationStatus, Risk
+from optiinfra_assets.request_text import DegradationMode
 from optiinfra_assets.workflow import decide, fleet_summary
-from resources.errors import StoreUnavailableError, mask_url
+from resources.errors import StoreUnavailableError, mask_secrets
 from resources.state_store import RecommendationError, StateStore, state_store_url
 
 
 def _state(settings: Settings) -> StateStore:
+    if not settings.database_url:  # the embedded SQLite lives under home
+        prepare_home(settings)
     store = StateStore(state_store_url(settings.database_url, settings.home))
     store.migrate()
     return store
@@ -60,19 +71,6 @@ def recommendation_json(rec: Recommendation) -> dict[str, Any]:
     }
 
 
-def execution_json(execution: Execution) -> dict[str, Any]:
-    return {
-        "recommendation_id": execution.recommendation_id,
-        "status": execution.status.value,
-        "stage": execution.stage,
-        "started_at": execution.started_at.isoformat(),
-        "finished_at": execution.finished_at.isoformat() if execution.finished_at else None,
-        "reason": execution.reason,
-        "run_id": execution.run_id,
-        "stages": [s.model_dump(mode="json") for s in execution.stages],
-    }
-
-
 def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     if not rows:
         print("(none)")
@@ -103,25 +101,6 @@ def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_executions(args: argparse.Namespace, settings: Settings) -> int:
-    rows = [execution_json(e) for e in _state(settings).list_executions(status=args.status)]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        _print_table(rows, ["recommendation_id", "status", "stage", "started_at", "reason"])
-    return 0
-
-
-def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
-    entries = _state(settings).list_audit(entity_id=args.entity, limit=args.limit)
-    rows = [e.model_dump(mode="json") for e in entries]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        _print_table(rows, ["id", "at", "actor", "action", "entity_type", "entity_id"])
-    return 0
-
-
 def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
     from resources.targets import interrupt_spot_instance  # the sandbox only; keeps `optiinfra` start fast
 
@@ -138,7 +117,7 @@ def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
         fault = Fault(
             deployment_id=args.deployment,
             kind=FaultKind.QUALITY_DEGRADATION,
-            params={"drop_pct": args.drop_pct, "scope": args.scope},
+            params={"drop_pct": args.drop_pct, "scope": args.scope, "mode": args.mode},
             created_at=now,
         )
         fault_id = state.add_fault(fault)
@@ -163,24 +142,50 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     clear line naming its URL (password masked) instead of tracebacks from every sensor."""
     from optiinfra_assets.workflow import open_services
 
+    prepare_home(settings)
+    if not target_available(settings.target):
+        raise ValueError(
+            f"OPTIINFRA_TARGET={settings.target!r}: not available in this installation "
+            f"(its module {TARGET_MODULES[settings.target]} is missing)"
+        )
     services = open_services(settings)
     services.memory.count()  # local mode opens its folder only on use
     print(f"state store   {services.state.display_url} ({services.state.engine.dialect.name}): ok")
     print(f"metric store  {services.metrics.display_url}: ok")
     print(f"memory store  {services.memory.display_url}: ok")
     print(f"llm           {settings.llm_model or 'none (deterministic method, labelled as such)'}")
-    print(f"target        {services.target.name}")
+    print(f"target        {services.target.name}: available")
     return 0
+
+
+# A monthly budget: a positive, finite number of USD (the bound only refuses nonsense), or 'off'.
+_budget_usd = commands.bounded_float(0, 1e12, lo_open=True)
+
+
+def _budget(text: str) -> float | str:
+    """A monthly budget argument: a positive number of USD, or 'off'."""
+    return text if text == "off" else _budget_usd(text)
 
 
 def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
     state = _state(settings)
     if args.action == "set":
+        if args.auto_approve_max_risk is None and args.budget_usd is None:
+            raise ValueError("policy set: give --auto-approve-max-risk, --budget-usd or both")
         customer = state.get_customer(args.customer)
-        level = None if args.auto_approve_max_risk == "off" else Risk(args.auto_approve_max_risk)
-        state.upsert_customer(customer.model_copy(update={"auto_approve_max_risk": level}))
-        state.audit(args.by, "set_policy", "customer", customer.id, {"auto_approve_max_risk": level})
-        print(f"{customer.id}: auto-approval {'off' if level is None else f'for risk up to {level.value}'}")
+        update: dict[str, Any] = {}
+        if args.auto_approve_max_risk is not None:
+            level = None if args.auto_approve_max_risk == "off" else Risk(args.auto_approve_max_risk)
+            update["auto_approve_max_risk"] = level
+            print(
+                f"{customer.id}: auto-approval {'off' if level is None else f'for risk up to {level.value}'}"
+            )
+        if args.budget_usd is not None:
+            budget = None if args.budget_usd == "off" else args.budget_usd
+            update["monthly_budget_usd"] = budget
+            print(f"{customer.id}: monthly budget {'none' if budget is None else f'${budget:,.2f}'}")
+        state.upsert_customer(customer.model_copy(update=update))
+        state.audit(args.by, "set_policy", "customer", customer.id, update)
         return 0
     rows = [
         {
@@ -189,13 +194,11 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
             "allow_spot": c.allow_spot,
             "slo_p95_latency_ms": c.slo_p95_latency_ms,
             "min_monthly_savings_usd": c.min_monthly_savings_usd,
+            "monthly_budget_usd": c.monthly_budget_usd or "none",
         }
         for c in state.list_customers()
     ]
-    _print_table(
-        rows,
-        ["customer", "auto_approve_max_risk", "allow_spot", "slo_p95_latency_ms", "min_monthly_savings_usd"],
-    )
+    _print_table(rows, list(rows[0]) if rows else ["customer"])
     return 0
 
 
@@ -203,8 +206,7 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     import os
 
     for name, (default, help_text) in ENV_VARS.items():
-        value = os.environ.get(name, default)
-        shown = mask_url(value) if "URL" in name else value
+        shown = mask_secrets(os.environ.get(name, default))  # URLs and targets may carry credentials
         print(f"{name}={shown}\n    {help_text}")
     return 0
 
@@ -215,36 +217,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     recs = sub.add_parser("recommendations", help="list recommendations")
     recs.add_argument("--status", choices=[s.value for s in RecommendationStatus])
-    recs.add_argument("--kind")
-    recs.add_argument("--limit", type=int)
+    recs.add_argument("--kind", type=commands.bounded_text(64))
+    recs.add_argument("--limit", type=commands.limit)
     recs.add_argument("--json", action="store_true")
     recs.set_defaults(func=cmd_recommendations)
 
     for decision in ("approve", "reject"):
         p = sub.add_parser(decision, help=f"{decision} a pending recommendation")
         p.add_argument("id")
-        p.add_argument("--by", required=True, help="who decides (recorded in the audit log)")
-        p.add_argument("--comment", default="")
+        p.add_argument(
+            "--by", required=True, type=commands.actor, help="who decides (recorded in the audit log)"
+        )
+        p.add_argument("--comment", default="", type=commands.comment)
         p.set_defaults(func=cmd_decide, decision=decision)
-
-    execs = sub.add_parser("executions", help="list executions and their stages")
-    execs.add_argument("--status", choices=["running", "succeeded", "rolled_back", "failed"])
-    execs.add_argument("--json", action="store_true")
-    execs.set_defaults(func=cmd_executions)
-
-    audit = sub.add_parser("audit", help="read the append-only audit log")
-    audit.add_argument("--entity", help="only entries about this id")
-    audit.add_argument("--limit", type=int, default=200)
-    audit.add_argument("--json", action="store_true")
-    audit.set_defaults(func=cmd_audit)
 
     sandbox = sub.add_parser("sandbox", help="inspect the sandbox fleet or inject a fault")
     actions = sandbox.add_subparsers(dest="action", required=True)
     actions.add_parser("status", help="deployments and their on-demand/spot replicas")
     degrade = actions.add_parser("degrade-quality", help="lower output quality of a deployment")
     degrade.add_argument("deployment")
-    degrade.add_argument("--drop-pct", type=float, default=12.0)
+    degrade.add_argument("--drop-pct", type=commands.bounded_float(0, 100, lo_open=True), default=12.0)
     degrade.add_argument("--scope", choices=["spot", "all"], default="spot")
+    degrade.add_argument(
+        "--mode",
+        choices=[m.value for m in DegradationMode if m != DegradationMode.CLEAN],
+        default=DegradationMode.HALLUCINATION.value,
+        help="how the answers go wrong in their text (default: a broken model version's invented facts)",
+    )
     lose = actions.add_parser("lose-spot", help="the cloud reclaims one spot instance")
     lose.add_argument("deployment")
     clear = actions.add_parser("clear", help="clear a deployment's faults")
@@ -258,10 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
         "set", help="auto-approve changes of a customer up to a risk level"
     )
     set_policy.add_argument("customer")
+    set_policy.add_argument("--auto-approve-max-risk", choices=["off", *(r.value for r in Risk)])
     set_policy.add_argument(
-        "--auto-approve-max-risk", required=True, choices=["off", *(r.value for r in Risk)]
+        "--budget-usd",
+        type=_budget,
+        help="the customer's monthly budget in USD ('off': none); the budget forecast alerts against it",
     )
-    set_policy.add_argument("--by", required=True, help="who writes the policy (recorded in the audit log)")
+    set_policy.add_argument(
+        "--by", required=True, type=commands.actor, help="who writes the policy (recorded in the audit log)"
+    )
     policy.set_defaults(func=cmd_policy)
 
     check = sub.add_parser("check", help="open every store and say which engine answers")
@@ -276,9 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    restrict_new_files()  # state this process creates is owner-only
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args, Settings.from_env()))
+    except SettingsError as exc:  # a store location that cannot work is a store that cannot be opened
+        print(f"optiinfra: error: {exc}", file=sys.stderr)
+        return 3 if exc.about_stores else 2
     except (RecommendationError, KeyError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"optiinfra: error: {message}", file=sys.stderr)

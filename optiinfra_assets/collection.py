@@ -11,6 +11,7 @@ import polars as pl
 
 from optiinfra_assets.ingest import IngestReport, ingest
 from optiinfra_assets.metrics import Domain
+from optiinfra_assets.request_samples import ingest_requests
 from optiinfra_assets.snapshot import FleetSnapshot
 from resources.metric_store import MetricStore
 from resources.sources import UNMANAGED_CUSTOMER, MetricSource, SourceBatch, unmanaged_owner
@@ -108,6 +109,10 @@ def collect_metrics(
             for domain, frame in batch.frames.items():
                 report.reports.setdefault(domain, []).append(
                     ingest(store, domain, frame, known, unreported_ok=source.may_omit_measures)
+                )
+            if batch.requests is not None:
+                report.reports.setdefault(Domain.QUALITY, []).append(
+                    ingest_requests(store, batch.requests, known)
                 )
         state.set_watermark(WATERMARK_KEY, window.end)
         if window.is_backfill:

@@ -10,14 +10,16 @@ import dagster as dg
 
 from optiinfra_assets.agents import AGENTS
 from optiinfra_assets.assets.analysis import agent_analysis
+from optiinfra_assets.assets.autoscaling import autoscaling_fast_path
 from optiinfra_assets.assets.baselines import BASELINE_ASSETS
+from optiinfra_assets.assets.budget import budget_forecasts_asset
+from optiinfra_assets.assets.cost_quality import cost_per_quality
 from optiinfra_assets.assets.executions import change_executions
 from optiinfra_assets.assets.metrics import METRIC_CHECKS, fleet_inventory, raw_metrics
 from optiinfra_assets.assets.registry import agent_registry
-from optiinfra_assets.config import apply_env_defaults
+from optiinfra_assets.config import apply_env_defaults, restrict_new_files
 from optiinfra_assets.jobs import (
     analysis_refresh_job,
-    approve_recommendation_job,
     metrics_refresh_job,
     recommendation_executor_job,
 )
@@ -31,11 +33,13 @@ from resources.dagster_resources import (
     from_env,
 )
 from sensors.approvals import approval_sensor, execution_failure_sensor
+from sensors.reconcile import reconcile_job, reconcile_schedule
 from sensors.refresh import automation_sensor, metrics_refresh_sensor
 
 # Unset OPTIINFRA_* variables get their defaults (optiinfra_assets/config.py), so every EnvVar resolves
 # however the process was started.
 apply_env_defaults()
+restrict_new_files()  # state files this process creates are owner-only (0600 / 0700)
 
 STATE_STORE = from_env(StateStoreResource)
 METRIC_STORE = from_env(MetricStoreResource)
@@ -78,15 +82,19 @@ defs = (
             *BASELINE_ASSETS.values(),
             agent_registry,
             agent_analysis,
+            autoscaling_fast_path,
             change_executions,
+            budget_forecasts_asset,
+            cost_per_quality,
         ],
         asset_checks=METRIC_CHECKS,
         jobs=[
             metrics_refresh_job,
             analysis_refresh_job,
             recommendation_executor_job,
-            approve_recommendation_job,
+            reconcile_job,
         ],
+        schedules=[reconcile_schedule],
         sensors=[metrics_refresh_sensor, automation_sensor, approval_sensor, execution_failure_sensor],
         # Steps share one process: a step per process would re-import the stack (~5 s each on 2 cores)
         # for work that takes well under a second, and the embedded engines serialize access anyway.

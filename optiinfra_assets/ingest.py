@@ -14,19 +14,23 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 from pydantic import BaseModel
 
+from optiinfra_assets.config import DecisionSettings
 from optiinfra_assets.metrics import SCHEMAS, TS, Domain, DomainSchema, Measure
 from resources.metric_store import QUARANTINE_TABLE, MetricStore
 
 # Timestamps outside these bounds are typos or wrong units (seconds read as milliseconds, ...).
 TS_MIN = datetime(2000, 1, 1, tzinfo=UTC)
 TS_MAX = datetime(2100, 1, 1, tzinfo=UTC)
+# How far ahead of this machine's clock a source's timestamp may be (its clock runs a little fast):
+# anything later is rejected, so that one row dated 2099 cannot become an instance's watermark.
+DEFAULT_MAX_CLOCK_SKEW = timedelta(seconds=DecisionSettings().max_clock_skew_s)
 # Formats tried, in order, for timestamps that arrive as text; a trailing "Z" is read as +00:00 first.
 TS_FORMATS = (
     "%Y-%m-%dT%H:%M:%S%.f%:z",
@@ -53,10 +57,14 @@ _FLEET_INDEX = "__fleet_index"  # an integer per known instance: grouping on it 
 
 
 class IngestReport(BaseModel):
+    """``received == accepted + quarantined + already_stored``: a row re-collected after a crash, identical
+    to the stored one, is neither stored twice nor malformed."""
+
     domain: Domain
     received: int
     accepted: int
     quarantined: int
+    already_stored: int = 0
     reasons: dict[str, int]  # "<field>: <kind>" (e.g. "ttft_ms: NaN") -> rows quarantined for it
     batch_id: str
 
@@ -137,7 +145,7 @@ def _cast(name: str, target: pl.DataType, dtype: pl.DataType) -> pl.Expr:
 # ------------------------------------------------------------------------------------------- checks
 
 
-def _key_checks(schema: DomainSchema) -> list[_Check]:
+def _key_checks(schema: DomainSchema, latest_valid: datetime) -> list[_Check]:
     ts, raw_ts = pl.col("ts"), pl.col(_raw("ts"))
     checks = [
         _Check("ts", "null", raw_ts.is_null(), pl.lit("ts: null"), pl.lit("null")),
@@ -153,6 +161,15 @@ def _key_checks(schema: DomainSchema) -> list[_Check]:
             "out of range",
             (ts < TS_MIN) | (ts >= TS_MAX),
             pl.lit("ts: out of range (") + _ts_text(ts) + pl.lit(")"),
+            _ts_text(ts),
+        ),
+        _Check(
+            "ts",
+            "in the future",
+            ts > pl.lit(latest_valid, TS),
+            pl.lit("ts: in the future (")
+            + _ts_text(ts)
+            + pl.lit(f" > now + clock skew, {latest_valid:%Y-%m-%d %H:%M:%S})"),
             _ts_text(ts),
         ),
     ]
@@ -217,6 +234,10 @@ def _measure_checks(measure: Measure, unreported_ok: bool) -> list[_Check]:
     if measure.hi < float("inf"):
         above = pl.lit(f"{name}: out of range ") + _number(col) + pl.lit(f" > {measure.hi}")
         checks.append(_Check(name, "out of range", col > measure.hi, above, _number(col)))
+    if measure.at_most is not None:
+        other = pl.col(measure.at_most)
+        above = pl.format(f"{name}: {{}} above {measure.at_most} {{}}", _number(col), _number(other))
+        checks.append(_Check(name, f"above {measure.at_most}", col > other, above, _number(col)))
     return checks
 
 
@@ -389,6 +410,8 @@ def validate_batch(
     watermarks: Mapping[str, datetime],
     *,
     unreported_ok: bool = False,
+    now: datetime | None = None,
+    max_clock_skew: timedelta = DEFAULT_MAX_CLOCK_SKEW,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split a batch into (good rows in exact SCHEMAS dtypes and order, quarantine rows).
 
@@ -400,6 +423,8 @@ def validate_batch(
     non-nullable Float64, NaN is the float meaning "no value", and ClickHouse's quantile functions skip
     it — so that the row's other measures are kept and no number is invented. A NaN the source sent
     itself is still quarantined: it comes from a computation gone wrong, not from a missing metric.
+
+    A row dated later than ``now`` (the wall clock by default) plus ``max_clock_skew`` is quarantined.
     """
     schema = SCHEMAS[domain]
     frame = _plain_frame(frame)
@@ -410,7 +435,10 @@ def validate_batch(
         return pl.DataFrame(schema=schema.polars_schema), _empty_quarantine()
 
     work = _working_frame(schema, frame, _fleet_frame(known_instances, watermarks))
-    row_checks = _key_checks(schema) + [c for m in schema.measures for c in _measure_checks(m, unreported_ok)]
+    latest_valid = (now or datetime.now(UTC)) + max_clock_skew
+    row_checks = _key_checks(schema, latest_valid) + [
+        c for m in schema.measures for c in _measure_checks(m, unreported_ok)
+    ]
     work = work.with_columns(_first_failing(row_checks, 0).alias(_CODE))
     order_checks = _order_checks(domain)
     work = _with_prev_ts(work, domain).with_columns(
@@ -437,16 +465,36 @@ def ingest(
     known_instances: Mapping[str, tuple[str, str]],
     *,
     unreported_ok: bool = False,
+    now: datetime | None = None,
+    max_clock_skew: timedelta = DEFAULT_MAX_CLOCK_SKEW,
+    on_accepted: Callable[[pl.DataFrame], None] | None = None,
 ) -> IngestReport:
     """Validate ``frame`` and write its good rows to the domain table and the others to quarantine
-    (``unreported_ok``: see :func:`validate_batch`)."""
+    (``unreported_ok``, ``now``, ``max_clock_skew``: see :func:`validate_batch`). ``on_accepted`` gets
+    the good rows in the same store session (request texts are stored beside their accepted scores).
+
+    Rows identical to rows already stored (a window collected again after a crash between the insert
+    and the collection watermark) are skipped and counted as ``already_stored``, not quarantined.
+    """
     batch_id = uuid.uuid4().hex
+    now = now or datetime.now(UTC)
+    received = frame.height
     with store.session():
-        watermarks = store.watermarks(domain, since=_earliest_ts(frame))
+        # Rows stored beyond now + skew (written before that rule existed) must not hold the watermark.
+        watermarks = store.watermarks(domain, since=_earliest_ts(frame), until=now + max_clock_skew)
+        frame, already_stored = _without_stored_rows(store, domain, frame, watermarks)
         good, quarantine = validate_batch(
-            domain, frame, known_instances, watermarks, unreported_ok=unreported_ok
+            domain,
+            frame,
+            known_instances,
+            watermarks,
+            unreported_ok=unreported_ok,
+            now=now,
+            max_clock_skew=max_clock_skew,
         )
         store.insert_polars(SCHEMAS[domain].table, good)
+        if on_accepted is not None:
+            on_accepted(good)
         if not quarantine.is_empty():
             received_at = datetime.now(UTC)
             rows = quarantine.drop("kind").with_columns(
@@ -456,12 +504,77 @@ def ingest(
     reasons = quarantine["kind"].value_counts(sort=True) if not quarantine.is_empty() else None
     return IngestReport(
         domain=domain,
-        received=frame.height,
+        received=received,
         accepted=good.height,
         quarantined=quarantine.height,
+        already_stored=already_stored,
         reasons=dict(zip(reasons["kind"], reasons["count"], strict=True)) if reasons is not None else {},
         batch_id=batch_id,
     )
+
+
+def _identity(domain: Domain) -> list[str]:
+    """The columns that name one sample: a quality row is one sampled request."""
+    keys = ["instance_id", "ts"]
+    return [*keys, "request_id"] if domain == Domain.QUALITY else keys
+
+
+def _without_stored_rows(
+    store: MetricStore, domain: Domain, frame: pl.DataFrame, watermarks: Mapping[str, datetime]
+) -> tuple[pl.DataFrame, int]:
+    """The batch without the rows identical to stored ones, and how many those were.
+
+    Only rows at or before their instance's watermark can be stored already, so a batch of new rows (the
+    usual case, and the whole bench) costs one comparison with the watermarks. Identical means the same
+    identity (instance, ts, request) and equal measures, NaN equal to NaN (NaN is "not reported"); a row
+    that differs from the stored one is left in, and quarantined as a duplicate.
+    """
+    schema = SCHEMAS[domain]
+    if not watermarks or frame.is_empty() or any(c not in frame.columns for c in schema.columns):
+        return frame, 0
+    target = schema.polars_schema
+    plain = _plain_frame(frame)
+    marks = pl.DataFrame(
+        {"instance_id": list(watermarks), _WATERMARK: list(watermarks.values())},
+        schema={"instance_id": pl.String(), _WATERMARK: TS},
+    )
+    # The keys alone first: casting every column of a large batch of new rows would be wasted work.
+    keys = plain.select(
+        pl.col("instance_id").cast(pl.String, strict=False),
+        _cast("ts", TS, plain.schema["ts"]).alias("ts"),
+    ).with_row_index("__row")
+    rows = keys.join(marks, on="instance_id", how="inner").filter(pl.col("ts") <= pl.col(_WATERMARK))["__row"]
+    if rows.is_empty():
+        return frame, 0
+    overlap = (
+        plain.with_row_index("__row")
+        .filter(pl.col("__row").is_in(rows))
+        .select("__row", *(_cast(n, t, plain.schema[n]).alias(n) for n, t in target.items()))
+    )
+    stored = store.stored_rows(
+        domain,
+        overlap["instance_id"].unique().to_list(),
+        overlap["ts"].min(),  # type: ignore[arg-type]
+        overlap["ts"].max(),  # type: ignore[arg-type]
+    )
+    measures = [m.name for m in schema.measures]
+    matched = overlap.join(
+        stored.select(*_identity(domain), *measures),
+        on=_identity(domain),
+        how="inner",
+        suffix="__stored",
+    )
+    # A null the source did not report was stored as NaN (see validate_batch's ``unreported_ok``).
+    given = [pl.col(m).fill_null(float("nan")) for m in measures]
+    same = pl.all_horizontal(
+        (value == pl.col(f"{m}__stored")) | (value.is_nan() & pl.col(f"{m}__stored").is_nan())
+        for m, value in zip(measures, given, strict=True)
+    ).fill_null(False)
+    identical = matched.filter(same)["__row"].unique()
+    if identical.is_empty():
+        return frame, 0
+    keep = ~pl.int_range(0, frame.height, dtype=pl.UInt32, eager=True).is_in(identical)
+    return frame.filter(keep), identical.len()
 
 
 def _earliest_ts(frame: pl.DataFrame) -> datetime | None:

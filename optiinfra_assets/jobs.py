@@ -1,12 +1,9 @@
-"""Jobs: metric refresh, analysis refresh, the partitioned executor, and the UI's decision job."""
+"""Jobs: metric refresh, analysis refresh and the partitioned executor."""
 
 import dagster as dg
 
 from optiinfra_assets.agents import AGENTS
 from optiinfra_assets.partitions import recommendation_partitions
-from optiinfra_assets.workflow import decide
-from resources.dagster_resources import StateStoreResource
-from resources.state_store import RecommendationError
 
 metrics_refresh_job = dg.define_asset_job(
     "metrics_refresh_job",
@@ -28,42 +25,6 @@ recommendation_executor_job = dg.define_asset_job(
     description="Apply one approved recommendation (partition = its id) in stages with automatic rollback.",
 )
 
-
-class DecisionConfig(dg.Config):
-    recommendation_id: str
-    decision: str = "approve"  # approve | reject
-    approver: str
-    comment: str = ""
-
-
-@dg.op
-def record_decision(
-    context: dg.OpExecutionContext, config: DecisionConfig, state_store: StateStoreResource
-) -> None:
-    """Approve or reject a pending recommendation from the UI (the same gate as `optiinfra approve`)."""
-    try:
-        approval = decide(
-            state_store.get(),
-            config.recommendation_id,
-            config.decision,
-            config.approver,
-            config.comment,
-            via="ui",
-        )
-    except (RecommendationError, ValueError) as exc:
-        raise dg.Failure(description=str(exc)) from exc
-    context.log.info(
-        "%s %s by %s (approval #%s): %s",
-        approval.recommendation_id,
-        approval.decision.value,
-        approval.by,
-        approval.id,
-        approval.comment or "-",
-    )
-
-
-@dg.job(
-    description="Record a person's decision on a recommendation. Config: recommendation_id, decision, approver."
-)
-def approve_recommendation_job() -> None:
-    record_decision()
+# There is no decision job: a Dagster job's config cannot say who launched it, so anyone who reached the UI
+# could approve anything as anyone. People decide in the portal (logged in, role and risk limit checked)
+# or with `optiinfra approve` on the host; approval_sensor launches the executor either way.

@@ -31,10 +31,24 @@ KEY_COLUMNS: dict[str, pl.DataType] = {
 
 @dataclass(frozen=True)
 class Measure:
+    """A measured column. ``hi`` is a physical bound, not a plausibility guess: a value beyond it is a
+    unit error or a broken exporter (``ttft_ms=1e300``), and one such row would own every max and avg."""
+
     name: str
     unit: str
     lo: float = 0.0  # smallest valid value (inclusive)
     hi: float = float("inf")  # largest valid value (inclusive)
+    at_most: str | None = None  # another measure of the row this one cannot exceed (used <= total)
+
+
+# Physical bounds, per instance (the largest instances hold 8 GPUs).
+HOUR_MS = 3_600_000.0  # a latency beyond an hour is a timeout or a unit error, not a latency
+MAX_PRICE_USD_PER_HOUR = 1_000.0  # the dearest GPU instance lists at about 100 USD/h
+MAX_INSTANCE_GPU_MEMORY_GIB = 2_048.0  # 8 GPUs of at most 192 GiB hold 1,536 GiB
+MAX_INSTANCE_POWER_W = 20_000.0  # 8 GPUs of at most 1,200 W, with headroom
+MAX_REQUESTS_PER_S = 1_000_000.0
+MAX_TOKENS_PER_S = 100_000_000.0
+MAX_QUEUE_LENGTH = 10_000_000.0
 
 
 @dataclass(frozen=True)
@@ -62,7 +76,11 @@ SCHEMAS: dict[Domain, DomainSchema] = {
         resolution="1m",
         retention_days=90,
         labels={"instance_type": pl.String(), "lifecycle": pl.String()},
-        measures=(Measure("price_usd_per_hour", "USD/h"), Measure("cost_usd", "USD")),
+        measures=(
+            Measure("price_usd_per_hour", "USD/h", hi=MAX_PRICE_USD_PER_HOUR),
+            # A row is one minute of one instance; bounded by an hour of the dearest, so a coarser source fits.
+            Measure("cost_usd", "USD", hi=MAX_PRICE_USD_PER_HOUR),
+        ),
     ),
     Domain.PERFORMANCE: DomainSchema(
         Domain.PERFORMANCE,
@@ -71,14 +89,14 @@ SCHEMAS: dict[Domain, DomainSchema] = {
         retention_days=30,
         labels={},
         measures=(
-            Measure("requests_per_s", "req/s"),
-            Measure("ttft_ms", "ms"),
-            Measure("itl_ms", "ms"),
-            Measure("latency_p50_ms", "ms"),
-            Measure("latency_p95_ms", "ms"),
-            Measure("latency_p99_ms", "ms"),
-            Measure("tokens_per_s", "tok/s"),
-            Measure("queue_length", "requests"),
+            Measure("requests_per_s", "req/s", hi=MAX_REQUESTS_PER_S),
+            Measure("ttft_ms", "ms", hi=HOUR_MS),
+            Measure("itl_ms", "ms", hi=HOUR_MS),
+            Measure("latency_p50_ms", "ms", hi=HOUR_MS),
+            Measure("latency_p95_ms", "ms", hi=HOUR_MS),
+            Measure("latency_p99_ms", "ms", hi=HOUR_MS),
+            Measure("tokens_per_s", "tok/s", hi=MAX_TOKENS_PER_S),
+            Measure("queue_length", "requests", hi=MAX_QUEUE_LENGTH),
             Measure("kv_cache_usage", "fraction", 0.0, 1.0),
         ),
     ),
@@ -90,9 +108,9 @@ SCHEMAS: dict[Domain, DomainSchema] = {
         labels={},
         measures=(
             Measure("gpu_util_pct", "%", 0.0, 100.0),
-            Measure("gpu_mem_used_gib", "GiB"),
-            Measure("gpu_mem_total_gib", "GiB"),
-            Measure("power_w", "W"),
+            Measure("gpu_mem_used_gib", "GiB", hi=MAX_INSTANCE_GPU_MEMORY_GIB, at_most="gpu_mem_total_gib"),
+            Measure("gpu_mem_total_gib", "GiB", hi=MAX_INSTANCE_GPU_MEMORY_GIB),
+            Measure("power_w", "W", hi=MAX_INSTANCE_POWER_W),
         ),
     ),
     Domain.QUALITY: DomainSchema(

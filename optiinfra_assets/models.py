@@ -34,8 +34,16 @@ class Customer(BaseModel):
     slo_p95_latency_ms: float = Field(gt=0, description="p95 end-to-end latency the customer is promised")
     min_monthly_savings_usd: float = Field(ge=0, description="savings below this are not worth a change")
     allow_spot: bool = True  # a customer preference: outranks every other priority
+    # A customer preference: its replicas never share an instance with another customer's (consolidation).
+    dedicated_hardware: bool = False
+    # Written autoscaling policy: the resource agent scales its deployments within their min/max replicas
+    # without a person. Off: autoscaling only reports what it would do.
+    autoscaling: bool = False
     # Written auto-approval policy: changes at or below this risk are approved by policy. None = off.
     auto_approve_max_risk: Risk | None = None
+    # Monthly budget in the customer's policy: the budget forecast alerts when the month-end spend may
+    # cross it. None = no budget.
+    monthly_budget_usd: float | None = Field(None, gt=0, description="spend a calendar month may reach")
 
 
 class Quantization(StrEnum):
@@ -352,6 +360,13 @@ class CheckResult(BaseModel):
     value: float | None = None
     baseline: float | None = None
     threshold: float | None = None
+    # A statistical check (the application agent's A/B test between stages) also records its test, the
+    # verdict, its p-value or interval and how many samples each arm had.
+    test: str | None = None
+    verdict: str | None = None
+    p_value: float | None = None
+    interval: tuple[float, float] | None = None
+    samples: dict[str, int] = Field(default_factory=dict)
 
 
 class StageRecord(BaseModel):
@@ -400,3 +415,5 @@ class AuditEntry(BaseModel):
     entity_type: str
     entity_id: str
     detail: dict[str, Any] = Field(default_factory=dict)
+    seq: int | None = None  # position in the hash chain (None: written before the chain existed)
+    hash: str | None = None

@@ -89,6 +89,7 @@ class FleetResource(dg.ConfigurableResource):
     seed: int = 42
     prometheus_targets: str = ""  # instance_id=http://host:port/metrics,...
     nvml_instance_id: str = ""  # the fleet instance this machine's GPUs belong to ('' = hostname)
+    request_log_path: str = ""  # JSON-lines request logs of real deployments (file or folder)
     backfill_days: int = 7
     backfill_step_s: int = 10
     rollout_soak_s: int = 10  # seconds the executor watches each rollout stage

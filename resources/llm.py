@@ -2,6 +2,10 @@
 
 Used only where a deterministic method exists to fall back to (risk notes): every failure is raised as
 :class:`LlmError` with a one-line reason, so callers can label the fallback with it.
+
+An answer is untrusted input: it is size-limited before it is parsed, a nesting too deep for the parser
+is a failure like any other, and the timeout is a wall-clock bound on the whole call (litellm and the
+provider SDK are told not to retry, which would multiply it).
 """
 
 from __future__ import annotations
@@ -9,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from types import ModuleType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -19,6 +25,9 @@ from pydantic import BaseModel, ValidationError
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 T = TypeVar("T", bound=BaseModel)
+
+# Far above any useful risk note (a few sentences and factors), far below what could hurt to parse or store.
+MAX_ANSWER_CHARS = 16_000
 
 _FENCE = re.compile(r"^\s*```(?:json|JSON)?\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
 
@@ -47,15 +56,20 @@ def strip_fences(content: str) -> str:
     return match.group(1).strip() if match else content.strip()
 
 
-def parse_json_answer(content: str, schema: type[T]) -> T:
-    """Parse an LLM answer into ``schema``; :class:`LlmError` when it is not JSON or does not fit."""
+def parse_json_answer(content: str, schema: type[T], context: dict[str, Any] | None = None) -> T:
+    """Parse an LLM answer into ``schema``; :class:`LlmError` when it is too long, not JSON (or nested
+    deeper than the parser goes) or does not fit."""
+    if len(content) > MAX_ANSWER_CHARS:
+        raise LlmError(f"answer is {len(content):,} characters, over the {MAX_ANSWER_CHARS:,} allowed")
     text = strip_fences(content)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise LlmError(f"answer is not JSON ({exc.msg} at char {exc.pos}): {text[:80]!r}") from exc
+    except RecursionError:
+        raise LlmError("answer is nested deeper than the JSON parser allows") from None
     try:
-        return schema.model_validate(data)
+        return schema.model_validate(data, context=context)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
         raise LlmError(f"answer does not match {schema.__name__}: {problems}") from exc
@@ -71,30 +85,51 @@ class LlmClient:
         self.timeout_s = timeout_s
 
     def complete_json(
-        self, system: str, user: str, schema: type[T], *, mock_response: str | None = None
+        self,
+        system: str,
+        user: str,
+        schema: type[T],
+        *,
+        mock_response: str | None = None,
+        litellm_args: dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
     ) -> T:
         """Ask ``system``/``user`` and parse the answer into ``schema``.
 
         ``mock_response`` is litellm's own argument: the call goes through litellm's real code path but
-        returns this text instead of reaching a provider (tests and offline demos).
+        returns this text instead of reaching a provider (tests and offline demos); ``litellm_args`` are
+        passed to ``litellm.completion`` as they are (e.g. ``mock_delay``, ``api_base``); ``context`` is
+        pydantic's validation context for ``schema``.
         """
-        content = self._complete(system, user, mock_response)
-        return parse_json_answer(content, schema)
+        content = self._complete(system, user, mock_response, litellm_args or {})
+        return parse_json_answer(content, schema, context)
 
-    def _complete(self, system: str, user: str, mock_response: str | None) -> str:
+    def _complete(
+        self, system: str, user: str, mock_response: str | None, litellm_args: dict[str, Any]
+    ) -> str:
         litellm = _litellm()
+        call = {
+            "model": self.model,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "timeout": self.timeout_s,
+            "response_format": {"type": "json_object"},
+            "mock_response": mock_response,
+            # A retry restarts the clock: three tries of a 3 s timeout took 16 s. One try, one timeout.
+            "num_retries": 0,
+            "max_retries": 0,
+            **litellm_args,
+        }
+        # litellm's timeout bounds each socket wait, not the call: a provider trickling bytes or a slow
+        # client path outlives it. The deadline is enforced here; a late call is abandoned to its thread.
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
         try:
-            response = litellm.completion(
-                model=self.model,
-                messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
-                timeout=self.timeout_s,
-                response_format={"type": "json_object"},
-                mock_response=mock_response,
-            )
-        except litellm.Timeout as exc:
+            response = pool.submit(litellm.completion, **call).result(timeout=self.timeout_s)
+        except (FutureTimeout, litellm.Timeout) as exc:
             raise LlmError(f"{self.model} timed out after {self.timeout_s:g}s") from exc
         except Exception as exc:  # litellm maps every provider failure onto its own exception family
             raise LlmError(f"{self.model} call failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
         content = response.choices[0].message.content
         if not content:
             raise LlmError(f"{self.model} returned an empty answer")

@@ -77,6 +77,7 @@ HOURLY_TABLES: dict[Domain, str] = {
 }
 
 _TS_TYPE = "DateTime64(3, 'UTC')"
+SERIES_AGGREGATES = ("avg", "sum", "max", "min")  # what MetricStore.series may apply
 
 
 # --------------------------------------------------------------------------------------------- DDL
@@ -193,13 +194,30 @@ def _quantiles(combinator: str = "") -> str:
     return f"quantilesBFloat16{combinator}({', '.join(str(q) for q in HOURLY_QUANTILES)})"
 
 
-def _aggregating_hourly_ddl(db: str, domain: Domain) -> list[str]:
+def _hourly_view_ddl(db: str, domain: Domain, *, finite_avgs: bool) -> str:
+    """The materialized view feeding ``domain``'s hourly table. ``finite_avgs`` (v3): averages skip NaN,
+    which a source that may omit measures stores as "not reported"; v1 let one NaN make the hour's
+    average NaN. The quantile states skip NaN already."""
     table, src = HOURLY_TABLES[domain], SCHEMAS[domain].table
     avgs, quantiled = HOURLY_MEASURES[domain], HOURLY_QUANTILE_MEASURES[domain]
-    q, q_state = _quantiles(), _quantiles("State")
+    q_state = _quantiles("State")
+    avg = "avgStateIf({m}, isFinite({m}))" if finite_avgs else "avgState({m})"
+    states = [f"{avg.format(m=m)} AS {m}_avg" for m in avgs]
+    states += [f"{q_state}({m}) AS {m}_q" for m in quantiled]
+    return (
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{table}_mv TO {db}.{table} AS\n"
+        "SELECT customer_id, deployment_id, toStartOfHour(ts) AS hour, count() AS samples,\n"
+        f"  {', '.join(states)}\n"
+        f"FROM {db}.{src} GROUP BY customer_id, deployment_id, hour"
+    )
+
+
+def _aggregating_hourly_ddl(db: str, domain: Domain) -> list[str]:
+    table = HOURLY_TABLES[domain]
+    avgs, quantiled = HOURLY_MEASURES[domain], HOURLY_QUANTILE_MEASURES[domain]
+    q = _quantiles()
     state_cols = [f"{m}_avg AggregateFunction(avg, Float64)" for m in avgs]
     state_cols += [f"{m}_q AggregateFunction({q}, Float64)" for m in quantiled]
-    states = [f"avgState({m}) AS {m}_avg" for m in avgs] + [f"{q_state}({m}) AS {m}_q" for m in quantiled]
     return [
         f"CREATE TABLE IF NOT EXISTS {db}.{table} (\n"
         "  customer_id LowCardinality(String), deployment_id LowCardinality(String),\n"
@@ -207,11 +225,36 @@ def _aggregating_hourly_ddl(db: str, domain: Domain) -> list[str]:
         f"  {', '.join(state_cols)}\n"
         ")\nENGINE = AggregatingMergeTree\nPARTITION BY toYYYYMM(hour)\n"
         "ORDER BY (customer_id, deployment_id, hour)",
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{table}_mv TO {db}.{table} AS\n"
-        "SELECT customer_id, deployment_id, toStartOfHour(ts) AS hour, count() AS samples,\n"
-        f"  {', '.join(states)}\n"
-        f"FROM {db}.{src} GROUP BY customer_id, deployment_id, hour",
+        _hourly_view_ddl(db, domain, finite_avgs=False),
     ]
+
+
+def _hourly_views_skip_nan(db: str) -> list[str]:
+    """v3: the hourly views with NaN-skipping averages (see :func:`_hourly_view_ddl`). Hours rolled up
+    before stay as they were; each statement can run again after a crash half-way."""
+    out: list[str] = []
+    for domain, table in HOURLY_TABLES.items():
+        out += [f"DROP VIEW IF EXISTS {db}.{table}_mv", _hourly_view_ddl(db, domain, finite_avgs=True)]
+    return out
+
+
+REQUEST_SAMPLES_TABLE = "request_samples"
+
+
+def _request_samples_ddl(db: str) -> str:
+    """v4: the text of sampled requests (prompt, context, response) beside their scores: what a quality
+    finding shows as the offending responses. Kept 30 days; texts compress well."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {db}.{REQUEST_SAMPLES_TABLE} (\n"
+        f"  ts {_TS_TYPE}, customer_id LowCardinality(String), deployment_id LowCardinality(String),\n"
+        "  instance_id LowCardinality(String), request_id String,\n"
+        "  prompt String CODEC(ZSTD(3)), context String CODEC(ZSTD(3)), response String CODEC(ZSTD(3)),\n"
+        "  latency_ms Float64, quality_score Float64, hallucination_score Float64, toxicity_score Float64,\n"
+        "  failed_checks LowCardinality(String)\n"
+        ")\nENGINE = MergeTree\nPARTITION BY toMonday(ts)\n"
+        "ORDER BY (deployment_id, ts, request_id)\n"
+        "TTL toDateTime(ts) + INTERVAL 30 DAY"
+    )
 
 
 def migrations(db: str) -> list[tuple[int, list[str]]]:
@@ -224,7 +267,12 @@ def migrations(db: str) -> list[tuple[int, list[str]]]:
     ]
     for domain in HOURLY_TABLES:
         v1 += _aggregating_hourly_ddl(db, domain)
-    return [(1, v1), (2, _baselines_by_deployment(db))]
+    return [
+        (1, v1),
+        (2, _baselines_by_deployment(db)),
+        (3, _hourly_views_skip_nan(db)),
+        (4, [_request_samples_ddl(db)]),
+    ]
 
 
 # ----------------------------------------------------------------------------------- parameters
@@ -332,18 +380,39 @@ class MetricStore(ABC):
     def count(self, table: str) -> int:
         return int(self.query_arrow(f"SELECT count() AS n FROM {self.database}.{table}")["n"][0].as_py())
 
-    def watermarks(self, domain: Domain, since: datetime | None = None) -> dict[str, datetime]:
+    def watermarks(
+        self, domain: Domain, since: datetime | None = None, until: datetime | None = None
+    ) -> dict[str, datetime]:
         """instance_id -> latest ts stored. ``since`` limits the scan to rows at or after it (a caller
-        that only compares newer rows needs nothing older), which prunes partitions."""
-        where, params = (
-            ("WHERE ts >= {since:DateTime64(3, 'UTC')}", {"since": since}) if since else ("", None)
-        )
+        that only compares newer rows needs nothing older), which prunes partitions; ``until`` ignores
+        rows after it (rows dated in the future must never become a watermark)."""
+        clauses, params = [], {}
+        if since:
+            clauses.append("ts >= {since:DateTime64(3, 'UTC')}")
+            params["since"] = since
+        if until:
+            clauses.append("ts <= {until:DateTime64(3, 'UTC')}")
+            params["until"] = until
+        where = "WHERE " + " AND ".join(clauses) if clauses else ""
         frame = self.query_polars(
             f"SELECT instance_id, max(ts) AS latest FROM {self.database}.{SCHEMAS[domain].table} "
             f"{where} GROUP BY instance_id",
-            params,
+            params or None,
         )
         return dict(zip(frame["instance_id"].to_list(), frame["latest"].to_list(), strict=True))
+
+    def stored_rows(
+        self, domain: Domain, instance_ids: list[str], start: datetime, end: datetime
+    ) -> pl.DataFrame:
+        """The stored rows of these instances with ``start <= ts <= end`` (every column of the domain)."""
+        schema = SCHEMAS[domain]
+        frame = self.query_polars(
+            f"SELECT {', '.join(schema.columns)} FROM {self.database}.{schema.table} "
+            "WHERE instance_id IN {ids:Array(String)} "
+            "AND ts >= {start:DateTime64(3, 'UTC')} AND ts <= {end:DateTime64(3, 'UTC')}",
+            {"ids": instance_ids, "start": start, "end": end},
+        )
+        return frame.cast(schema.polars_schema) if frame.height else pl.DataFrame(schema=schema.polars_schema)
 
     # -- rollup readers
     def hourly_cost(self, deployment_id: str | None = None, since: datetime | None = None) -> pl.DataFrame:
@@ -354,6 +423,23 @@ class MetricStore(ABC):
             "sum(cost_usd) AS cost_usd, "
             f"sum(samples) AS samples FROM {self.database}.cost_hourly {where} "
             "GROUP BY customer_id, deployment_id, lifecycle, hour ORDER BY deployment_id, hour, lifecycle",
+            params,
+        )
+
+    def hourly_usage(self, deployment_id: str | None = None, since: datetime | None = None) -> pl.DataFrame:
+        """Instance-hours and USD (``usd``) per customer, deployment, instance type, lifecycle and hour, from the raw
+        cost rows (the hourly cost rollup has no instance type). A row's cost over its price is the time it
+        covers, so instance-hours need no knowledge of the sample step."""
+        where, params = _filters(deployment_id, since)
+        where = where.replace("hour >= toStartOfHour", "ts >= toStartOfHour")
+        table = SCHEMAS[Domain.COST].table
+        return self.query_polars(
+            "SELECT customer_id, deployment_id, instance_type, lifecycle, "
+            "toDateTime64(toStartOfHour(ts), 3, 'UTC') AS hour, "
+            "sumIf(c.cost_usd / c.price_usd_per_hour, c.price_usd_per_hour > 0) AS instance_hours, "
+            f"sum(c.cost_usd) AS usd FROM {self.database}.{table} AS c {where} "
+            "GROUP BY customer_id, deployment_id, instance_type, lifecycle, hour "
+            "ORDER BY deployment_id, hour, instance_type, lifecycle",
             params,
         )
 
@@ -401,6 +487,44 @@ class MetricStore(ABC):
 
     def hourly_quality(self, deployment_id: str | None = None, since: datetime | None = None) -> pl.DataFrame:
         return self.hourly(Domain.QUALITY, deployment_id, since)
+
+    def series(
+        self,
+        domain: Domain,
+        aggregates: Mapping[str, str],
+        since: datetime,
+        until: datetime,
+        step_s: int,
+        customer_ids: list[str],
+        deployment_id: str | None = None,
+        by: str = "deployment_id",
+    ) -> pl.DataFrame:
+        """Raw metrics in ``step_s`` buckets, one row per bucket and deployment (or instance: ``by``),
+        for the given customers only: ``t``, ``customer_id``, ``by`` and one column per measure, each
+        aggregated as ``aggregates[measure]`` (avg, sum, max, min) over the bucket. One set-based query
+        (the portal's dashboards)."""
+        known = {m.name for m in SCHEMAS[domain].measures}
+        bad = [m for m, f in aggregates.items() if m not in known or f not in SERIES_AGGREGATES]
+        if bad:
+            raise ValueError(f"aggregates: unknown measure or aggregate for {bad} in {domain}")
+        if by not in ("deployment_id", "instance_id"):
+            raise ValueError(f"by: expected deployment_id or instance_id, got {by!r}")
+        columns = ", ".join(f"{f}({m}) AS {m}" for m, f in aggregates.items())
+        where = [
+            "ts >= {since:DateTime64(3, 'UTC')}",
+            "ts < {until:DateTime64(3, 'UTC')}",
+            "has({customers:Array(String)}, customer_id)",
+        ]
+        params: dict[str, Any] = {"since": since, "until": until, "customers": customer_ids, "step": step_s}
+        if deployment_id is not None:
+            where.append("deployment_id = {deployment_id:String}")
+            params["deployment_id"] = deployment_id
+        return self.query_polars(
+            "SELECT toDateTime64(toStartOfInterval(ts, toIntervalSecond({step:UInt32})), 3, 'UTC') AS t, "
+            f"customer_id, {by}, {columns} FROM {self.database}.{SCHEMAS[domain].table} "
+            f"WHERE {' AND '.join(where)} GROUP BY t, customer_id, {by} ORDER BY {by}, t",
+            params,
+        )
 
 
 def _filters(deployment_id: str | None, since: datetime | None) -> tuple[str, dict[str, Any]]:

@@ -29,8 +29,11 @@ import polars as pl
 from prometheus_client.parser import text_string_to_metric_families
 
 from optiinfra_assets.metrics import SCHEMAS, Domain
-from optiinfra_assets.sandbox import generate
+from optiinfra_assets.models import InstanceState
+from optiinfra_assets.request_log import RequestLogReader
+from optiinfra_assets.sandbox import generate, request_samples
 from optiinfra_assets.snapshot import FleetSnapshot
+from resources.errors import mask_secrets, mask_url
 
 Measures = dict[str, float | None]  # measure -> value, None when the server did not report it
 
@@ -39,6 +42,9 @@ Measures = dict[str, float | None]  # measure -> value, None when the server did
 class SourceBatch:
     frames: dict[Domain, pl.DataFrame]
     status: str  # 'ok', or what went wrong and what was not reported, e.g. 'NVML unavailable: ...'
+    # Sampled requests as text (optiinfra_assets.request_samples): ingested as the quality domain's rows,
+    # their text stored beside them. None: the source has no request text.
+    requests: pl.DataFrame | None = None
 
 
 class MetricSource(Protocol):
@@ -135,7 +141,14 @@ class SandboxSource:
             seed=self.seed,
             step_s=self.step_s,
         )
-        return SourceBatch(frames, "ok")
+        if self.step_s != 1:  # a backfill keeps the scores of its sampled requests, not their text
+            return SourceBatch(frames, "ok")
+        # Live: the sampled requests come as text, and their scores are the quality domain's rows.
+        requests = request_samples(
+            fleet.customers, fleet.deployments, fleet.instances, fleet.faults, start, end, seed=self.seed
+        )
+        frames[Domain.QUALITY] = frames[Domain.QUALITY].clear()
+        return SourceBatch(frames, "ok", requests=requests)
 
 
 # ------------------------------------------------------------------------------------------- Prometheus
@@ -441,11 +454,13 @@ class PrometheusSource:
             try:
                 at, samples = self._scrape(url)
             except (urllib.error.URLError, OSError, ValueError) as exc:
-                problems.append(f"{instance_id} at {url} did not answer: {getattr(exc, 'reason', exc)}")
+                problems.append(
+                    f"{instance_id} at {mask_url(url)} did not answer: {getattr(exc, 'reason', exc)}"
+                )
                 continue
             engine = detect_engine(samples)
             if engine is None:
-                problems.append(f"{instance_id} at {url}: no vLLM (vllm:*) or TGI (tgi_*) metrics")
+                problems.append(f"{instance_id} at {mask_url(url)}: no vLLM (vllm:*) or TGI (tgi_*) metrics")
                 continue
             key = f"prometheus:{instance_id}"
             before = self._previous(key, url, engine)
@@ -469,7 +484,8 @@ def parse_targets(spec: str) -> dict[str, str]:
         instance_id, sep, url = item.partition("=")
         if not sep or not url.strip():
             raise ValueError(
-                f"OPTIINFRA_PROMETHEUS_TARGETS: bad target {item!r}: expected instance_id=http://host:port/metrics"
+                f"OPTIINFRA_PROMETHEUS_TARGETS: bad target {mask_secrets(item)!r}: "
+                "expected instance_id=http://host:port/metrics"
             )
         targets[instance_id.strip()] = url.strip()
     return targets
@@ -726,11 +742,32 @@ class SourceSettings(Protocol):
     seed: int
     prometheus_targets: str
     nvml_instance_id: str
+    request_log_path: str
+
+
+class WithRequestLog:
+    """A source plus real deployments' request logs (OPTIINFRA_REQUEST_LOG_PATH, JSON lines): every
+    collection also brings the lines appended since the last one (optiinfra_assets.request_log)."""
+
+    def __init__(self, source: MetricSource, reader: RequestLogReader) -> None:
+        self.source, self.reader = source, reader
+        self.name = source.name
+        self.replays_history = source.replays_history
+        self.may_omit_measures = source.may_omit_measures
+
+    def collect(self, fleet: FleetSnapshot, start: datetime, end: datetime) -> SourceBatch:
+        batch = self.source.collect(fleet, start, end)
+        running = [i for i in fleet.instances if i.state == InstanceState.RUNNING]
+        logged, status = self.reader.read(fleet.deployments, running)
+        if batch.requests is not None:
+            logged = pl.concat([batch.requests, logged], how="diagonal_relaxed")
+        return SourceBatch(batch.frames, f"{batch.status}; {status}", requests=logged)
 
 
 def configured_metric_source(settings: SourceSettings, state: SourceState, step_s: int = 1) -> MetricSource:
-    """The source ``settings`` name (OPTIINFRA_METRICS_SOURCE and its options)."""
-    return open_metric_source(
+    """The source ``settings`` name (OPTIINFRA_METRICS_SOURCE and its options), with the request log
+    when OPTIINFRA_REQUEST_LOG_PATH names one."""
+    source = open_metric_source(
         settings.metrics_source,
         state=state,
         seed=settings.seed,
@@ -738,3 +775,6 @@ def configured_metric_source(settings: SourceSettings, state: SourceState, step_
         prometheus_targets=settings.prometheus_targets,
         nvml_instance_id=settings.nvml_instance_id,
     )
+    if settings.request_log_path:
+        return WithRequestLog(source, RequestLogReader(settings.request_log_path, state))
+    return source

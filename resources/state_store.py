@@ -14,6 +14,7 @@ recommendation; an execution is one row per recommendation; an open recommendati
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -41,6 +42,7 @@ from optiinfra_assets.models import (
     Recommendation,
     RecommendationStatus,
 )
+from resources.audit_chain import GENESIS, AuditVerification, approval_digest, entry_hash, verify_chain
 from resources.errors import StoreUnavailableError, mask_url
 
 metadata = sa.MetaData()
@@ -61,6 +63,9 @@ customers = sa.Table(
     sa.Column("min_monthly_savings_usd", sa.Float, nullable=False),
     sa.Column("allow_spot", sa.Boolean, nullable=False),
     sa.Column("auto_approve_max_risk", sa.String(16)),
+    sa.Column("monthly_budget_usd", sa.Float),  # migration 4
+    sa.Column("dedicated_hardware", sa.Boolean, nullable=False, server_default=sa.false()),  # migration 8
+    sa.Column("autoscaling", sa.Boolean, nullable=False, server_default=sa.false()),  # migration 8
 )
 deployments = sa.Table(
     "deployments",
@@ -170,6 +175,19 @@ audit_log = sa.Table(
     sa.Column("entity_type", sa.String(64), nullable=False),
     sa.Column("entity_id", sa.String(200), nullable=False, index=True),
     sa.Column("detail", sa.JSON, nullable=False),
+    # The hash chain (migration 3, resources/audit_chain.py): position, previous entry's hash, own hash.
+    sa.Column("seq", sa.BigInteger),
+    sa.Column("prev_hash", sa.String(64)),
+    sa.Column("hash", sa.String(64)),
+)
+# One row: the number of audit entries written. Each writer bumps it first, which serializes writers
+# (a row lock on PostgreSQL, the write lock on SQLite) so that two entries never claim the same
+# predecessor; an entry removed from the end shows as head > last seq.
+audit_head = sa.Table(
+    "audit_head",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
 )
 watermarks = sa.Table(
     "watermarks",
@@ -196,6 +214,53 @@ observed_instances = sa.Table(
     sa.Column("source", sa.String(64), nullable=False),
     sa.Column("first_seen", TS, nullable=False),
     sa.Column("last_seen", TS, nullable=False),
+)
+
+# The customer portal (portal/): local users scoped to customers, login sessions, and each customer's
+# notification channels with a record of every delivery attempt (migration 6).
+portal_users = sa.Table(
+    "portal_users",
+    metadata,
+    sa.Column("username", sa.String(64), primary_key=True),
+    sa.Column("password_hash", sa.String(300)),  # NULL: signs in through OpenID Connect only
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("customers", sa.JSON, nullable=False),  # customer ids, or ["*"] for all
+    sa.Column("max_risk", sa.String(16), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+)
+portal_sessions = sa.Table(
+    "portal_sessions",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),  # sha256 of the token: a leak is not a login
+    sa.Column("username", sa.String(64), nullable=False, index=True),
+    sa.Column("csrf_token", sa.String(64), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("expires_at", TS, nullable=False, index=True),
+)
+notification_channels = sa.Table(
+    "notification_channels",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("customer_id", sa.String(64), nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # slack | pagerduty | webhook
+    sa.Column("url", sa.String(2000), nullable=False),
+    sa.Column("routing_key", sa.String(200)),  # PagerDuty's integration key
+    sa.Column("events", sa.JSON, nullable=False),  # event kinds it receives
+    sa.Column("created_at", TS, nullable=False),
+)
+notification_deliveries = sa.Table(
+    "notification_deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("channel_id", sa.Integer, nullable=False),
+    sa.Column("event_key", sa.String(200), nullable=False),
+    sa.Column("event_kind", sa.String(32), nullable=False),
+    sa.Column("customer_id", sa.String(64), nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False),  # delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=False),
+    sa.Column("at", TS, nullable=False),
+    sa.UniqueConstraint("channel_id", "event_key", name="uq_delivery_channel_event"),
 )
 
 _APPEND_ONLY_SQLITE = [
@@ -251,8 +316,109 @@ def _migration_2(conn: Connection) -> None:
         )
 
 
+def _migration_4(conn: Connection) -> None:
+    """A monthly budget per customer (the cost agent's budget forecast); migration 1 creates the column on a
+    new database, so it is added only where missing."""
+    if "monthly_budget_usd" not in {c["name"] for c in sa.inspect(conn).get_columns(customers.name)}:
+        conn.exec_driver_sql(f"ALTER TABLE {customers.name} ADD COLUMN monthly_budget_usd FLOAT")
+
+
+def _migration_8(conn: Connection) -> None:
+    """Customers' dedicated-hardware preference and autoscaling policy (the resource agent); migration 1
+    creates the columns on a new database, so they are added only where missing."""
+    present = {c["name"] for c in sa.inspect(conn).get_columns(customers.name)}
+    for column in ("dedicated_hardware", "autoscaling"):
+        if column not in present:
+            ddl = f"ALTER TABLE {customers.name} ADD COLUMN {column} BOOLEAN NOT NULL DEFAULT false"
+            conn.exec_driver_sql(ddl)
+
+
+def _migration_6(conn: Connection) -> None:
+    """The portal's users, sessions, notification channels and deliveries."""
+    metadata.create_all(
+        conn,
+        checkfirst=True,
+        tables=[portal_users, portal_sessions, notification_channels, notification_deliveries],
+    )
+
+
+def _append_only_triggers(conn: Connection) -> list[str]:
+    """The statements that (re)create the audit log's append-only triggers on this engine."""
+    return _APPEND_ONLY_POSTGRES if conn.dialect.name == "postgresql" else _APPEND_ONLY_SQLITE
+
+
+def _migration_3(conn: Connection) -> None:
+    """The audit log's hash chain: entries written before it are chained in id order, and every
+    approval already recorded is sealed by a new entry (resources/audit_chain.py)."""
+    metadata.create_all(conn, checkfirst=True, tables=[audit_head])
+    present = {c["name"] for c in sa.inspect(conn).get_columns("audit_log")}
+    for column, sql_type in (("seq", "BIGINT"), ("prev_hash", "VARCHAR(64)"), ("hash", "VARCHAR(64)")):
+        if column not in present:
+            conn.exec_driver_sql(f"ALTER TABLE audit_log ADD COLUMN {column} {sql_type}")
+    conn.exec_driver_sql("CREATE UNIQUE INDEX IF NOT EXISTS ix_audit_log_seq ON audit_log (seq)")
+    # Chaining the existing rows is the one UPDATE the log ever takes: the triggers are lifted for it.
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log")
+    else:
+        for name in ("audit_log_no_update", "audit_log_no_delete"):
+            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
+    prev, seq = GENESIS, 0
+    for row in conn.execute(sa.select(audit_log).order_by(audit_log.c.id)).mappings():
+        seq += 1
+        digest = entry_hash(
+            seq=seq,
+            prev_hash=prev,
+            at=row["at"],
+            actor=row["actor"],
+            action=row["action"],
+            entity_type=row["entity_type"],
+            entity_id=row["entity_id"],
+            detail=row["detail"],
+        )
+        conn.execute(
+            audit_log.update().where(audit_log.c.id == row["id"]).values(seq=seq, prev_hash=prev, hash=digest)
+        )
+        prev = digest
+    for statement in _append_only_triggers(conn):
+        conn.exec_driver_sql(statement)
+    if conn.scalar(sa.select(audit_head.c.seq).where(audit_head.c.id == 1)) is None:
+        conn.execute(audit_head.insert().values(id=1, seq=seq))
+    for approval in conn.execute(sa.select(approvals).order_by(approvals.c.id)).mappings():
+        StateStore._audit(
+            conn,
+            "system",
+            "seal_approval",
+            "recommendation",
+            approval["recommendation_id"],
+            {"approval_id": approval["id"], "approval_sha256": _approval_sha256(approval)},
+        )
+
+
+def _approval_sha256(row: sa.RowMapping) -> str:
+    return approval_digest(
+        id=row["id"],
+        recommendation_id=row["recommendation_id"],
+        decision=row["decision"],
+        decided_by=row["decided_by"],
+        comment=row["comment"],
+        at=row["at"],
+        via=row["via"],
+    )
+
+
 # Append new migrations here; never edit an applied one.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _migration_1), (2, _migration_2)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+    (1, _migration_1),
+    (2, _migration_2),
+    (3, _migration_3),
+    (4, _migration_4),
+    (6, _migration_6),
+    (8, _migration_8),
+]
+
+
+# Width of the actor columns (approvals.decided_by, audit_log.actor).
+MAX_ACTOR_CHARS = 200
 
 
 class RecommendationError(ValueError):
@@ -315,7 +481,9 @@ class StateStore:
         if url.startswith("sqlite"):
             path = url.removeprefix("sqlite:///")
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                # Owner-only from the start (SQLite gives its -wal and -shm files the same mode).
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             engine = sa.create_engine(url, connect_args={"timeout": 30})
 
             @sa.event.listens_for(engine, "connect")
@@ -534,6 +702,8 @@ class StateStore:
             return _utc(conn.scalar(sa.select(watermarks.c.ts).where(watermarks.c.key == key)))
 
     def set_watermark(self, key: str, ts: datetime) -> None:
+        """Record ``ts`` under ``key``; never later than now (a future watermark would stop collection)."""
+        ts = min(_utc(ts) or ts, _now())
         with self._begin() as conn:
             updated = conn.execute(watermarks.update().where(watermarks.c.key == key).values(ts=ts))
             if updated.rowcount == 0:
@@ -677,6 +847,8 @@ class StateStore:
         now = now or _now()
         if not by.strip():
             raise RecommendationError("decided_by: must name who decides (got an empty value)")
+        if len(by) > MAX_ACTOR_CHARS:  # the column's width: PostgreSQL would refuse, SQLite store it all
+            raise RecommendationError(f"decided_by: at most {MAX_ACTOR_CHARS} characters, got {len(by)}")
         rec = self.get_recommendation(rec_id)
         if rec.status == RecommendationStatus.BLOCKED:
             failed = "; ".join(f"{v.agent}: {v.detail}" for v in rec.validations if not v.passed)
@@ -729,8 +901,18 @@ class StateStore:
                         via=via,
                     )
                 ).inserted_primary_key[0]
+                # The entry seals the approval row as stored: editing the row later breaks the seal.
+                stored = (
+                    conn.execute(sa.select(approvals).where(approvals.c.id == approval_id)).mappings().one()
+                )
+                seal = {"approval_id": int(approval_id), "approval_sha256": _approval_sha256(stored)}
                 self._audit(
-                    conn, by, decision.value, "recommendation", rec_id, {"comment": comment, "via": via}
+                    conn,
+                    by,
+                    decision.value,
+                    "recommendation",
+                    rec_id,
+                    {"comment": comment, "via": via, **seal},
                 )
         except sa.exc.IntegrityError:
             raise AlreadyDecidedError(
@@ -760,6 +942,23 @@ class StateStore:
 
     def approvals_since(self, after_id: int, limit: int = 1000) -> list[Approval]:
         query = sa.select(approvals).where(approvals.c.id > after_id).order_by(approvals.c.id).limit(limit)
+        with self._begin() as conn:
+            return [self._approval_from_row(r) for r in conn.execute(query).mappings()]
+
+    def approvals_awaiting_execution(self, limit: int = 1000) -> list[Approval]:
+        """Approvals of recommendations still 'approved' with no execution: every decision that needs an
+        executor run, whatever order their ids committed in (PostgreSQL hands out ids before commit)."""
+        query = (
+            sa.select(approvals)
+            .join(recommendations, recommendations.c.id == approvals.c.recommendation_id)
+            .where(
+                approvals.c.decision == Decision.APPROVE,
+                recommendations.c.status == RecommendationStatus.APPROVED,
+                ~sa.exists().where(executions.c.recommendation_id == approvals.c.recommendation_id),
+            )
+            .order_by(approvals.c.id)
+            .limit(limit)
+        )
         with self._begin() as conn:
             return [self._approval_from_row(r) for r in conn.execute(query).mappings()]
 
@@ -928,16 +1127,24 @@ class StateStore:
     def _audit(
         conn: Connection, actor: str, action: str, entity_type: str, entity_id: str, detail: dict[str, Any]
     ) -> None:
-        conn.execute(
-            audit_log.insert().values(
-                at=_now(),
-                actor=actor,
-                action=action,
-                entity_type=entity_type,
-                entity_id=entity_id,
-                detail=json.loads(json.dumps(detail, default=str)),
-            )
-        )
+        """Append one entry to the hash chain (see resources/audit_chain.py), inside ``conn``'s transaction."""
+        # Bump the head first: it serializes writers, so that the predecessor read next is the last one.
+        conn.execute(audit_head.update().where(audit_head.c.id == 1).values(seq=audit_head.c.seq + 1))
+        seq = conn.scalar(sa.select(audit_head.c.seq).where(audit_head.c.id == 1))
+        if seq is None:
+            raise RuntimeError("audit_head is missing: run StateStore.migrate()")
+        prev = conn.scalar(sa.select(audit_log.c.hash).where(audit_log.c.seq == seq - 1)) if seq > 1 else None
+        values = {
+            "seq": seq,
+            "prev_hash": prev or GENESIS,
+            "at": _now(),
+            "actor": actor,
+            "action": action,
+            "entity_type": entity_type,
+            "entity_id": entity_id,
+            "detail": json.loads(json.dumps(detail, default=str)),
+        }
+        conn.execute(audit_log.insert().values(**values, hash=entry_hash(**values)))
 
     def audit(
         self, actor: str, action: str, entity_type: str, entity_id: str, detail: dict[str, Any]
@@ -945,11 +1152,55 @@ class StateStore:
         with self._begin() as conn:
             self._audit(conn, actor, action, entity_type, entity_id, detail)
 
-    def list_audit(self, entity_id: str | None = None, limit: int = 1000) -> list[AuditEntry]:
-        query = sa.select(audit_log).order_by(audit_log.c.id).limit(limit)
+    def list_audit(
+        self,
+        entity_id: str | None = None,
+        limit: int = 1000,
+        after_id: int | None = None,
+        *,
+        newest_first: bool = False,
+    ) -> list[AuditEntry]:
+        """Oldest first (``newest_first``: the latest ``limit`` entries, latest first); ``after_id`` reads
+        only newer entries (a follower's cursor: the portal's live feed)."""
+        order = audit_log.c.id.desc() if newest_first else audit_log.c.id
+        query = sa.select(audit_log).order_by(order).limit(limit)
         if entity_id is not None:
             query = query.where(audit_log.c.entity_id == entity_id)
+        if after_id is not None:
+            query = query.where(audit_log.c.id > after_id)
         with self._begin() as conn:
             return [
                 AuditEntry.model_validate({**r, "at": _utc(r["at"])}) for r in conn.execute(query).mappings()
             ]
+
+    def verify_audit(self) -> AuditVerification:
+        """Walk the audit log's hash chain and the approvals it seals; name the first broken link."""
+        with self._begin() as conn:
+            if conn.dialect.name == "postgresql":
+                present = set(
+                    conn.scalars(
+                        sa.text(
+                            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'audit_log'::regclass "
+                            "AND NOT tgisinternal AND tgenabled <> 'D'"
+                        )
+                    )
+                )
+                expected = ["audit_log_append_only"]
+            else:
+                present = set(
+                    conn.scalars(
+                        sa.text(
+                            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_log'"
+                        )
+                    )
+                )
+                expected = ["audit_log_no_update", "audit_log_no_delete"]
+            head = conn.scalar(sa.select(audit_head.c.seq).where(audit_head.c.id == 1))
+            entries = list(conn.execute(sa.select(audit_log).order_by(audit_log.c.id)).mappings())
+            approval_rows = list(conn.execute(sa.select(approvals).order_by(approvals.c.id)).mappings())
+            return verify_chain(
+                entries,
+                approval_rows,
+                head_seq=head,
+                missing_triggers=[t for t in expected if t not in present],
+            )

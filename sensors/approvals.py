@@ -1,19 +1,50 @@
 """The approval gate's Dagster side: launch one executor run per approval, and deal with failed runs."""
 
+import json
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import dagster as dg
 
 from optiinfra_assets.jobs import recommendation_executor_job
-from optiinfra_assets.models import Decision, ExecutionStatus
+from optiinfra_assets.models import Approval, ExecutionStatus
 from optiinfra_assets.partitions import recommendation_partitions
-from resources.dagster_resources import StateStoreResource
+from optiinfra_assets.reconcile import EXECUTOR_MAX_RUNTIME, roll_back_and_fail
+from resources.dagster_resources import FleetResource, StateStoreResource
 
 APPROVALS_PER_TICK = 1000
-MAX_RESUMES = 2  # a rollout whose executor died this many times is left for a person, with a record
+MAX_RESUMES = 2  # a rollout whose executor died this many times is rolled back and marked failed
 # Run monitoring fails an executor run that outlives this; the default run launcher cannot see a
 # killed run worker, so this bound is what turns a silent death into a failure (and a resume).
-EXECUTOR_TAGS = {"dagster/max_runtime": str(30 * 60)}
+EXECUTOR_TAGS = {"dagster/max_runtime": str(int(EXECUTOR_MAX_RUNTIME.total_seconds()))}
+# A run requested this long ago that the instance still does not show is requested again (its run key
+# keeps a decision from ever running twice).
+REREQUEST_AFTER_S = 300
+RUN_KEY_TAG = "dagster/run_key"
+
+
+def run_key(approval: Approval) -> str:
+    return f"execute-{approval.recommendation_id}-approval-{approval.id}"
+
+
+def _requested(cursor: str | None) -> dict[str, float]:
+    """The cursor: run key -> when it was requested. (A bare number is the old high-water mark over
+    approval ids, which skipped approvals committed out of order: it is dropped, not trusted.)"""
+    try:
+        value = json.loads(cursor or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return {str(k): float(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def _runs_exist(instance: dg.DagsterInstance, keys: list[str]) -> set[str]:
+    if not keys:
+        return set()
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(job_name=recommendation_executor_job.name, tags={RUN_KEY_TAG: keys})
+    )
+    return {r.dagster_run.tags[RUN_KEY_TAG] for r in records if RUN_KEY_TAG in r.dagster_run.tags}
 
 
 @dg.sensor(
@@ -22,19 +53,30 @@ EXECUTOR_TAGS = {"dagster/max_runtime": str(30 * 60)}
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def approval_sensor(context: dg.SensorEvaluationContext, state_store: StateStoreResource) -> dg.SensorResult:
-    """Approvals newer than the cursor (an approval id) become executor runs. The run_key is the
-    approval, so a decision launches at most one run even if a tick is evaluated twice."""
-    state = state_store.get()
-    after = int(context.cursor or 0)
-    approvals = state.approvals_since(after, limit=APPROVALS_PER_TICK)
-    if not approvals:
-        return dg.SensorResult(skip_reason="no new decisions", cursor=str(after))
-    approved = [a for a in approvals if a.decision is Decision.APPROVE]
+    """Every approved decision with no execution and no executor run becomes a run, whatever order the
+    approvals committed in: the store is asked for all of them each tick (not for ids above a mark).
+
+    The run_key is the approval, so a decision launches at most one run even if it is requested twice; the
+    cursor remembers what was requested until the instance shows the run, so a tick does not repeat it."""
+    awaiting = state_store.get().approvals_awaiting_execution(limit=APPROVALS_PER_TICK)
+    by_key = {run_key(a): a for a in awaiting}
+    now = time.time()
+    requested = {k: t for k, t in _requested(context.cursor).items() if k in by_key}
+    launched = _runs_exist(context.instance, list(by_key))
+    due = [
+        a
+        for key, a in by_key.items()
+        if key not in launched and now - requested.get(key, -REREQUEST_AFTER_S) >= REREQUEST_AFTER_S
+    ]
+    requested = {k: t for k, t in requested.items() if k not in launched} | {run_key(a): now for a in due}
+    cursor = json.dumps(requested, sort_keys=True)
+    if not due:
+        return dg.SensorResult(skip_reason="no approved decision without a run", cursor=cursor)
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
                 partition_key=a.recommendation_id,
-                run_key=f"execute-{a.recommendation_id}-approval-{a.id}",
+                run_key=run_key(a),
                 tags={
                     **EXECUTOR_TAGS,
                     "optiinfra/approved_by": a.by,
@@ -42,15 +84,13 @@ def approval_sensor(context: dg.SensorEvaluationContext, state_store: StateStore
                     "optiinfra/via": a.via,
                 },
             )
-            for a in approved
+            for a in due
         ],
         # Idempotent: recommendations created by the asset already have their partition.
         dynamic_partitions_requests=[
-            recommendation_partitions.build_add_request([a.recommendation_id for a in approved])
-        ]
-        if approved
-        else [],
-        cursor=str(approvals[-1].id),
+            recommendation_partitions.build_add_request([a.recommendation_id for a in due])
+        ],
+        cursor=cursor,
     )
 
 
@@ -60,10 +100,12 @@ def approval_sensor(context: dg.SensorEvaluationContext, state_store: StateStore
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def execution_failure_sensor(
-    context: dg.RunFailureSensorContext, state_store: StateStoreResource
+    context: dg.RunFailureSensorContext, state_store: StateStoreResource, fleet: FleetResource
 ) -> Iterator[dg.RunRequest]:
     """Record every failed executor run. A run that died mid-rollout (the execution is still
-    'running') is resumed from its recorded stage; after MAX_RESUMES it is marked failed for a person."""
+    'running') is resumed from its recorded stage; after MAX_RESUMES the deployment is restored to its
+    config before the change and the execution and recommendation are marked failed, saying why. (A run
+    that failed before its execution existed is the reconciler's: it marks it failed with this message.)"""
     state = state_store.get()
     run = context.dagster_run
     rec_id = run.tags.get("dagster/partition")
@@ -84,7 +126,8 @@ def execution_failure_sensor(
             tags={**EXECUTOR_TAGS, "optiinfra/resume": str(resumes + 1)},
         )
         return
-    execution.status = ExecutionStatus.FAILED
-    execution.reason = f"executor died {resumes + 1} times; fleet left at stage {execution.stage}% as recorded; needs a person"
-    state.save_execution(execution)
-    state.audit("dagster", "execution_abandoned", "recommendation", rec_id, {"stage": execution.stage})
+    reason = f"executor died {resumes + 1} times (last at the {execution.stage}% stage)"
+    rec = state.get_recommendation(rec_id)
+    roll_back_and_fail(
+        state, fleet.fleet_target(state), rec, execution, reason, datetime.now(UTC), actor="dagster"
+    )

@@ -115,8 +115,10 @@ def test_expired_and_bad_input_change_nothing(
     assert code == 2 and "expired" in err
     assert cli_state.get_approval("rec-old") is None
     assert cli_state.get_recommendation("rec-old").status is RecommendationStatus.EXPIRED
-    code, _, err = run(capsys, "approve", "rec-live", "--by", "  ")
-    assert code == 2 and "by: must name who decides, got '  '" in err
+    with pytest.raises(SystemExit) as empty_actor:  # refused by the argument's type, before the store
+        main(["approve", "rec-live", "--by", "  "])
+    assert empty_actor.value.code == 2
+    assert "argument --by: must name who decides, got '  '" in capsys.readouterr().err
     assert cli_state.get_recommendation("rec-live").status is RecommendationStatus.PENDING
     with pytest.raises(SystemExit) as bad_status:
         main(["recommendations", "--status", "bogus"])
@@ -142,7 +144,8 @@ def test_sandbox_faults_and_policy(cli_state: StateStore, capsys: pytest.Capture
     )
     assert code == 0
     [fault] = cli_state.list_faults("acme-chat-8b")
-    assert fault.kind is FaultKind.QUALITY_DEGRADATION and fault.params == {"drop_pct": 9.0, "scope": "all"}
+    assert fault.kind is FaultKind.QUALITY_DEGRADATION
+    assert fault.params == {"drop_pct": 9.0, "scope": "all", "mode": "hallucination"}
     assert "no running spot instance" in run(capsys, "sandbox", "lose-spot", "acme-chat-8b")[1]
     assert (
         run(capsys, "sandbox", "clear", "acme-chat-8b")[0] == 0

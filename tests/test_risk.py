@@ -98,16 +98,18 @@ def test_kept_change_that_lost_quality_raises_risk() -> None:
 
 def test_llm_valid_json() -> None:
     llm = LlmClient(MODEL, timeout_s=5)
-    a = assess_risk(rec(), ROLLED_BACK, llm, mock_response=json.dumps(GOOD_ANSWER))
-    assert a.method == f"llm:{MODEL}"
-    assert (a.level, a.score, a.note, a.factors) == (Risk.MEDIUM, 0.45, GOOD_ANSWER["note"], ["history"])
-    assert a.similar_outcomes == ROLLED_BACK
+    a = assess_risk(rec(), SUCCEEDED, llm, mock_response=json.dumps(GOOD_ANSWER))
+    assert a.method.startswith(f"llm:{MODEL}")
+    # The deterministic 0.13 raised by the LLM's 0.45, at most llm_max_risk_raise (0.25) higher.
+    assert (a.level, a.score, a.note) == (Risk.MEDIUM, 0.38, GOOD_ANSWER["note"])
+    assert "history" in a.factors
+    assert a.similar_outcomes == SUCCEEDED
 
 
 def test_llm_fenced_json() -> None:
     fenced = "```json\n" + json.dumps(GOOD_ANSWER) + "\n```"
     a = assess_risk(rec(), SUCCEEDED, LlmClient(MODEL), mock_response=fenced)
-    assert a.method == f"llm:{MODEL}" and a.level == Risk.MEDIUM
+    assert a.method.startswith(f"llm:{MODEL}") and a.level == Risk.MEDIUM
     assert a.similar_outcomes == SUCCEEDED
 
 

@@ -1,14 +1,18 @@
 """Risk assessment of a recommendation, informed by similar past outcomes from decision memory.
 
-With an LLM configured it writes the note; without one (or when it fails) a deterministic method does,
-and says which method was used. The similar outcomes are attached either way, so a person can check them.
+The deterministic method always scores the risk. With an LLM configured, the LLM writes the note and may
+raise the score by at most ``DecisionSettings.llm_max_risk_raise``, never lower it: risk drives
+auto-approval, so a model's answer can add caution, never remove it. An answer whose level disagrees
+with its own score, or that does not parse, falls back to the deterministic note, labelled with why.
+The similar outcomes are attached either way, so a person can check them.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationInfo, model_validator
 
 from optiinfra_assets.agents.capability import risk_level
 from optiinfra_assets.config import DecisionSettings
@@ -21,6 +25,9 @@ ROLLBACK_WEIGHT = 0.25
 SUCCESS_WEIGHT = -0.10
 QUALITY_LOSS_WEIGHT = 0.10  # kept, but quality fell more than the quality rule allows
 _REASON_CHARS = 160
+NOTE_MAX_CHARS = 1_000  # two or three sentences, with room; a longer note is not a note
+FACTOR_MAX_CHARS = 200
+MAX_FACTORS = 12
 
 
 def system_prompt(settings: DecisionSettings) -> str:
@@ -35,12 +42,28 @@ def system_prompt(settings: DecisionSettings) -> str:
 
 
 class LlmRiskAnswer(BaseModel):
-    """What the LLM must answer; anything else is a schema mismatch and falls back."""
+    """What the LLM must answer; anything else is a schema mismatch and falls back.
+
+    The level must be the band its score falls in, by the risk bands of the ``DecisionSettings`` given as
+    validation context (``{"settings": ...}``; the defaults without one). Sizes are bounded: a note is a
+    few sentences, not a document."""
 
     level: Risk
     score: float = Field(ge=0, le=1)
-    note: str = Field(min_length=1)
-    factors: list[str] = Field(default_factory=list)
+    note: str = Field(min_length=1, max_length=NOTE_MAX_CHARS)
+    factors: list[Annotated[str, Field(max_length=FACTOR_MAX_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_FACTORS
+    )
+
+    @model_validator(mode="after")
+    def _level_matches_score(self, info: ValidationInfo) -> LlmRiskAnswer:
+        settings = (info.context or {}).get("settings") or DecisionSettings()
+        expected = risk_level(self.score, settings)
+        if self.level is not expected:
+            raise ValueError(
+                f"level '{self.level.value}' contradicts score {self.score:g}, which is {expected.value}"
+            )
+        return self
 
 
 def _outcome_shift(outcome: SimilarOutcome, settings: DecisionSettings) -> tuple[float, str]:
@@ -127,25 +150,56 @@ def assess_risk(
     *,
     settings: DecisionSettings | None = None,
     mock_response: str | None = None,
+    litellm_args: dict[str, Any] | None = None,
 ) -> RiskAssessment:
-    """Assess ``rec``'s risk: by the LLM when one is configured, else (or on its failure) deterministically.
+    """Assess ``rec``'s risk deterministically; with an LLM configured, let it explain and raise the score
+    within ``settings.llm_max_risk_raise`` (see :func:`bounded_by_deterministic`). On the LLM's failure the
+    deterministic assessment is returned, its method saying why.
 
-    ``mock_response`` is passed to litellm (its real mock path) for tests and offline demos.
+    ``mock_response`` and ``litellm_args`` are passed to litellm (its real mock path) for tests and demos.
     """
     settings = settings or DecisionSettings()
     if llm is None:
         return deterministic_assessment(rec, similar, "deterministic (no LLM configured)", settings)
     try:
         answer = llm.complete_json(
-            system_prompt(settings), _llm_prompt(rec, similar), LlmRiskAnswer, mock_response=mock_response
+            system_prompt(settings),
+            _llm_prompt(rec, similar),
+            LlmRiskAnswer,
+            mock_response=mock_response,
+            litellm_args=litellm_args,
+            context={"settings": settings},
         )
     except LlmError as exc:
         return deterministic_assessment(rec, similar, f"deterministic (LLM failed: {_short(exc)})", settings)
+    floor = deterministic_assessment(rec, similar, "deterministic", settings)
+    return bounded_by_deterministic(answer, floor, f"llm:{llm.model}", settings)
+
+
+def bounded_by_deterministic(
+    answer: LlmRiskAnswer, floor: RiskAssessment, method: str, settings: DecisionSettings
+) -> RiskAssessment:
+    """The LLM's note with a score no lower than the deterministic one and at most
+    ``llm_max_risk_raise`` above it; the level is the score's band. The factors say what each gave."""
+    ceiling = min(1.0, floor.score + settings.llm_max_risk_raise)
+    score = round(min(max(answer.score, floor.score), ceiling), 4)
+    if answer.score < floor.score:
+        bound = f"kept at the deterministic {floor.score:.2f}: the LLM may not lower risk"
+    elif answer.score > ceiling:
+        bound = f"raised to {score:.2f}, the most the LLM may add ({settings.llm_max_risk_raise:g})"
+    else:
+        bound = f"raised to {score:.2f}" if score > floor.score else f"{score:.2f}, as both agree"
+    factors = [
+        f"deterministic {floor.score:.2f} ({floor.level.value}); LLM {answer.score:.2f} "
+        f"({answer.level.value}); {bound}",
+        *answer.factors,
+        *floor.factors,
+    ]
     return RiskAssessment(
-        level=answer.level,
-        score=answer.score,
-        method=f"llm:{llm.model}",
+        level=risk_level(score, settings),
+        score=score,
+        method=f"{method} (bounded by the deterministic assessment)",
         note=answer.note,
-        factors=answer.factors,
-        similar_outcomes=similar,
+        factors=factors,
+        similar_outcomes=floor.similar_outcomes,
     )

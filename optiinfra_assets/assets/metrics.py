@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from optiinfra_assets.collection import collect_metrics
+from optiinfra_assets.ingest import DEFAULT_MAX_CLOCK_SKEW
 from optiinfra_assets.metrics import SCHEMAS, Domain
 from optiinfra_assets.reporting import table
 from optiinfra_assets.workflow import ensure_sandbox_fleet, fleet_summary
@@ -95,6 +96,8 @@ def raw_metrics(
                 "rows_received": report.total(domain, "received"),
                 "rows_accepted": report.total(domain, "accepted"),
                 "rows_quarantined": report.total(domain, "quarantined"),
+                # Re-collected after a crash, identical to what was stored: skipped, not malformed.
+                "rows_already_stored": report.total(domain, "already_stored"),
                 "windows": len(report.windows),
                 "backfill": any(w.is_backfill for w in report.windows),
                 "source_status": "; ".join(sorted(set(report.statuses))) or "no new window",
@@ -112,8 +115,11 @@ def _freshness_check(domain: Domain) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=RAW_METRIC_SPECS[domain].key, name=f"{schema.table}_fresh")
     def check(metric_store: MetricStoreResource) -> dg.AssetCheckResult:
         store = metric_store.get()
+        # Rows dated in the future (stored before ingestion refused them) must not pass this forever.
         newest = store.query_polars(
-            f"SELECT max(ts) AS newest, count() AS n FROM {store.database}.{schema.table}"
+            "SELECT max(ts) AS newest, count() AS n "
+            f"FROM {store.database}.{schema.table} WHERE ts <= {{until:DateTime64(3, 'UTC')}}",
+            {"until": datetime.now(UTC) + DEFAULT_MAX_CLOCK_SKEW},
         )
         n = int(newest["n"][0])
         age_min = (datetime.now(UTC) - newest["newest"][0]).total_seconds() / 60 if n else float("inf")
