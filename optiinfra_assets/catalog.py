@@ -146,6 +146,20 @@ H100 = _gpu("H100 SXM", memory_gb=80, reported_gib=79.19, bandwidth=3350.0, tflo
             aliases=("h100", "h100 80gb", "h100 sxm5", "h100 80gb hbm3", "h100 sxm 80gb"))
 H200 = _gpu("H200", memory_gb=141, reported_gib=139.8, bandwidth=4800.0, tflops=989.0, fp8=1979.0,
             int8=1979.0, cc=(9, 0), tdp=700.0, link=450.0, aliases=("h200 141gb", "h200 sxm"))  # est.
+# Workstation and PCIe data-center cards people also serve on (datasheet figures; reported totals est.).
+H100_PCIE = _gpu("H100 PCIe", memory_gb=80, reported_gib=79.19, bandwidth=2000.0, tflops=756.0, fp8=1513.0,
+                 int8=1513.0, cc=(9, 0), tdp=350.0, link=50.0, aliases=("h100 pcie 80gb",))  # est.
+H100_NVL = _gpu("H100 NVL", memory_gb=94, reported_gib=93.1, bandwidth=3900.0, tflops=835.0, fp8=1671.0,
+                int8=1671.0, cc=(9, 0), tdp=400.0, link=300.0, aliases=("h100 nvl 94gb",))  # est.
+L40 = _gpu("L40", memory_gb=48, reported_gib=44.53, bandwidth=864.0, tflops=181.0, fp8=362.0, int8=362.0,
+           cc=(8, 9), tdp=300.0, link=PCIE4_GB_S)  # est.
+RTX6000_ADA = _gpu("RTX 6000 Ada", memory_gb=48, reported_gib=47.5, bandwidth=960.0, tflops=364.2,
+                   fp8=728.5, int8=728.5, cc=(8, 9), tdp=300.0, link=PCIE4_GB_S,
+                   aliases=("rtx 6000 ada generation", "6000 ada"))  # est.
+A5000 = _gpu("RTX A5000", memory_gb=24, reported_gib=23.68, bandwidth=768.0, tflops=111.1, fp8=None,
+             int8=222.2, cc=(8, 6), tdp=230.0, link=PCIE4_GB_S, aliases=("a5000",))  # est.
+A4000 = _gpu("RTX A4000", memory_gb=16, reported_gib=15.72, bandwidth=448.0, tflops=76.7, fp8=None,
+             int8=153.4, cc=(8, 6), tdp=140.0, link=PCIE4_GB_S, aliases=("a4000",))  # est.
 MI300X = _gpu("MI300X", memory_gb=192, reported_gib=191.5, bandwidth=5300.0, tflops=1307.4, fp8=2614.9,
               int8=2614.9, cc=None, tdp=750.0, link=448.0, aliases=("instinct mi300x",),
               features=frozenset({"fp16", "bf16", "fp8", "int8", "int4"}))  # est.
@@ -166,6 +180,12 @@ GPUS: dict[str, GpuSpec] = {
         A100_40,
         A100_80,
         H100,
+        H100_PCIE,
+        H100_NVL,
+        L40,
+        RTX6000_ADA,
+        A5000,
+        A4000,
         H200,
         MI300X,
     )
@@ -292,6 +312,14 @@ class InstanceType:
     @property
     def gpu_memory_gib_total(self) -> float:
         return self.gpu_memory_gib_per_gpu * self.gpu_count
+
+    @property
+    def interconnect(self) -> str:
+        """What a tensor-parallel all-reduce between this type's GPUs crosses: "nvlink" (NVLink/NVSwitch or
+        AMD xGMI: p3, p4d, p4de, p5, p5en), "pcie" (g4dn, g5, g6, g6e) or "none" on a one-GPU type."""
+        if self.gpu_count == 1:
+            return "none"
+        return "nvlink" if self.gpu.nvlink else "pcie"
 
     @property
     def spot_interrupt_rate(self) -> tuple[float, float] | None:
@@ -832,4 +860,79 @@ def default_config(instance_type_name: str, replicas: int, **engine: object) -> 
         on_demand_replicas=replicas,
         max_replicas=max(64, replicas),
         engine=default_engine(itype.gpu, itype.gpu_count, **engine),
+    )
+
+
+# ------------------------------------------------------------------------------- commitments (issue 7)
+
+# Standard reserved instances and compute savings plans, us-east-1 Linux, shared tenancy.
+# Source: the 1-year standard no-upfront rate of each type is the catalog's own column above (transcribed from
+# the public AWS price list via Vantage's instance data, late 2025). The other options are expressed as the
+# effective hourly rate (upfront amortized over the term) relative to on-demand, as the public EC2 Reserved
+# Instance and Savings Plans pricing pages show them for the G5/G6/G6e/P4 GPU families (e.g. g5.xlarge:
+# 1y no/partial/all upfront ~63/60/59% of on-demand, 3y ~45/42/39%; compute savings plans ~76% (1y) and
+# ~55% (3y) no upfront). These ratios were recalled from those public pages, not re-checked live: they are
+# typical of the families, not per-type quotes, and ought to be refreshed from the AWS Price List API.
+# Types without a 1-year rate above (p3, p5, p5en) get no reserved offers here: savings plans only.
+
+
+@dataclass(frozen=True)
+class CommitmentOption:
+    """One way to commit: a term, a payment option and its effective rate relative to on-demand."""
+
+    name: str  # "ri-1y-partial-upfront", "sp-3y-no-upfront"
+    kind: str  # "reserved_instance" (one instance of a type) or "savings_plan" ($/h of compute spend)
+    term_years: int
+    payment: str  # "no_upfront", "partial_upfront", "all_upfront"
+    fraction_of_on_demand: float  # effective $/h over the term (upfront amortized) / on-demand $/h
+    upfront_share: float  # share of the term's cost paid at purchase (partial: about half)
+
+    @property
+    def term_hours(self) -> float:
+        return self.term_years * 8760.0
+
+
+RI_1Y_NO_UPFRONT_FRACTION = 0.63  # the reference the other reserved options are scaled from
+RESERVED_OPTIONS: tuple[CommitmentOption, ...] = (
+    CommitmentOption("ri-1y-no-upfront", "reserved_instance", 1, "no_upfront", 0.63, 0.0),
+    CommitmentOption("ri-1y-partial-upfront", "reserved_instance", 1, "partial_upfront", 0.60, 0.5),
+    CommitmentOption("ri-1y-all-upfront", "reserved_instance", 1, "all_upfront", 0.59, 1.0),
+    CommitmentOption("ri-3y-no-upfront", "reserved_instance", 3, "no_upfront", 0.45, 0.0),
+    CommitmentOption("ri-3y-partial-upfront", "reserved_instance", 3, "partial_upfront", 0.42, 0.5),
+    CommitmentOption("ri-3y-all-upfront", "reserved_instance", 3, "all_upfront", 0.39, 1.0),
+)
+SAVINGS_PLAN_OPTIONS: tuple[CommitmentOption, ...] = (
+    CommitmentOption("sp-1y-no-upfront", "savings_plan", 1, "no_upfront", 0.76, 0.0),
+    CommitmentOption("sp-3y-no-upfront", "savings_plan", 3, "no_upfront", 0.55, 0.0),
+)
+
+
+@dataclass(frozen=True)
+class ReservedOffer:
+    """A reserved-instance option priced for one instance type."""
+
+    instance_type: str
+    option: CommitmentOption
+    effective_usd_hour: float  # what one reserved instance costs per hour of its term, upfront included
+    upfront_usd: float
+    recurring_usd_hour: float
+
+
+def reserved_offers(itype: InstanceType) -> list[ReservedOffer]:
+    """The six standard reserved-instance options of a type (none where the catalog has no 1-year rate)."""
+    if itype.reserved_1y_usd_hour is None:
+        return []
+    offers = []
+    for option in RESERVED_OPTIONS:
+        rate = itype.reserved_1y_usd_hour * option.fraction_of_on_demand / RI_1Y_NO_UPFRONT_FRACTION
+        upfront = rate * option.upfront_share * option.term_hours
+        offers.append(ReservedOffer(itype.name, option, rate, upfront, rate * (1.0 - option.upfront_share)))
+    return offers
+
+
+def config_usd_hour(config: DeploymentConfig) -> float:
+    """What a config costs per hour at catalog prices (on-demand and spot replicas at their prices)."""
+    itype = instance_type(config.instance_type)
+    return sum(
+        config.replicas_on(lc) * itype.price_usd_hour(lc) for lc in Lifecycle if config.replicas_on(lc)
     )

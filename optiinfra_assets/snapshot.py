@@ -24,6 +24,10 @@ from optiinfra_assets.models import (
     Lifecycle,
 )
 
+# The ``hourly`` key of instance-hours per deployment, instance type, lifecycle and hour
+# (MetricStore.hourly_usage): what a reserved-capacity commitment is sized on.
+USAGE = "usage"
+
 
 @dataclass(frozen=True)
 class BaselineStat:
@@ -45,6 +49,11 @@ class FleetSnapshot:
     baselines: dict[str, dict[str, BaselineStat]] = field(default_factory=dict)
     # domain -> per deployment-hour rollup of the lookback (MetricStore.hourly), the whole fleet at once.
     hourly: dict[str, pl.DataFrame] = field(default_factory=dict)
+    # The worst sampled requests of the last hour per deployment, with their text and scores
+    # (optiinfra_assets.request_samples.load_worst): the offending responses a quality finding shows.
+    worst_requests: pl.DataFrame = field(default_factory=pl.DataFrame)
+    # Changes OptiInfra finished recently (agents.application.degradation.Change), to blame for a drop.
+    changes: list[Any] = field(default_factory=list)
     # What this pass's detectors found (agents.capability.Finding), for capabilities that act on them.
     findings: list[Any] = field(default_factory=list)
 
@@ -113,4 +122,16 @@ class FleetSnapshot:
             for n in range(config.replicas_on(lc))
         ]
         others = [i for i in self.instances if i.deployment_id != deployment_id]
-        return replace(self, deployments=deployments, instances=others + planned)
+        return self._derived(replace(self, deployments=deployments, instances=others + planned))
+
+    def only(self, deployment_id: str) -> FleetSnapshot:
+        """This snapshot narrowed to one deployment: re-evaluating one change re-analyzes that deployment,
+        not the whole fleet once per conflict."""
+        narrowed = [d for d in self.deployments if d.id == deployment_id]
+        return self._derived(replace(self, deployments=narrowed))
+
+    def _derived(self, other: FleetSnapshot) -> FleetSnapshot:
+        # The hourly figures are the same: keep their split by deployment rather than redo it per copy.
+        if "_hourly_by_deployment" in self.__dict__:
+            other.__dict__["_hourly_by_deployment"] = self.__dict__["_hourly_by_deployment"]
+        return other

@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from pydantic import BaseModel, Field, ValidationError
 
 from optiinfra_assets import sandbox
-from optiinfra_assets.agents import CAPABILITIES, DETECTORS, VALIDATORS
+from optiinfra_assets.agents import CAPABILITIES, DETECTORS, VALIDATORS, find_capability
+from optiinfra_assets.agents.application.degradation import Change
 from optiinfra_assets.agents.baselines import load_overall_baselines
 from optiinfra_assets.agents.capability import (
     Capability,
@@ -37,13 +38,15 @@ from optiinfra_assets.models import (
     Customer,
     Decision,
     DeploymentConfig,
+    ExecutionStatus,
     Lifecycle,
     Recommendation,
     RecommendationStatus,
     Risk,
 )
+from optiinfra_assets.request_samples import load_worst
 from optiinfra_assets.serving import ConfigError, validate_config
-from optiinfra_assets.snapshot import FleetSnapshot
+from optiinfra_assets.snapshot import USAGE, FleetSnapshot
 from resources.llm import LlmClient, configured_llm
 from resources.memory_store import MemoryStore, open_memory_store
 from resources.metric_store import MetricStore, open_metric_store
@@ -118,6 +121,8 @@ def ensure_sandbox_fleet(state: StateStore, seed: int, now: datetime) -> bool:
         state.add_instances(instances)
     except sa.exc.IntegrityError:  # another process seeded the same instances meanwhile
         return False
+    for fault in sandbox.initial_faults(now):  # degraded answers, from now on (issue 10)
+        state.add_fault(fault)
     state.audit(
         "system", "seed_sandbox_fleet", "fleet", "sandbox", {"seed": seed, "instances": len(instances)}
     )
@@ -129,6 +134,11 @@ def ensure_sandbox_fleet(state: StateStore, seed: int, now: datetime) -> bool:
 # How far back the detectors look (hourly rollups); a week covers every hour of the week once.
 LOOKBACK = timedelta(days=7)
 HOURLY_DOMAINS = (Domain.PERFORMANCE, Domain.RESOURCE, Domain.QUALITY)
+# Hourly spend goes further back: the budget forecast needs the month so far and the cost anomalies more
+# than one week of each hour of the week (one row per deployment, lifecycle and hour: cheap to read).
+COST_LOOKBACK = timedelta(days=35)
+# Instance-hours per type and lifecycle (snapshot.USAGE) go back as far as the raw cost rows are kept.
+USAGE_LOOKBACK = timedelta(days=90)
 
 
 def load_snapshot(state: StateStore, metrics: MetricStore, now: datetime) -> FleetSnapshot:
@@ -137,6 +147,9 @@ def load_snapshot(state: StateStore, metrics: MetricStore, now: datetime) -> Fle
     with metrics.session():
         baselines = load_overall_baselines(metrics)
         hourly = {str(d): metrics.hourly(d, since=now - LOOKBACK) for d in HOURLY_DOMAINS}
+        hourly[str(Domain.COST)] = metrics.hourly_cost(since=now - COST_LOOKBACK)
+        hourly[USAGE] = metrics.hourly_usage(since=now - USAGE_LOOKBACK)
+        worst_requests = load_worst(metrics, since=now - timedelta(hours=1))
     return FleetSnapshot(
         customers=state.list_customers(),
         deployments=state.list_deployments(),
@@ -145,7 +158,29 @@ def load_snapshot(state: StateStore, metrics: MetricStore, now: datetime) -> Fle
         taken_at=now,
         baselines=baselines,
         hourly=hourly,
+        worst_requests=worst_requests,
+        changes=recent_changes(state, now - LOOKBACK),
     )
+
+
+def recent_changes(state: StateStore, since: datetime) -> list[Change]:
+    """The changes that finished applying since ``since``, for the application agent to blame a drop on."""
+    changes = []
+    for execution in state.list_executions(ExecutionStatus.SUCCEEDED.value):
+        if execution.finished_at is None or Change._utc(execution.finished_at) < since:
+            continue
+        rec = state.get_recommendation(execution.recommendation_id)
+        changes.append(
+            Change(
+                recommendation_id=rec.id,
+                kind=rec.kind,
+                deployment_id=rec.deployment_id,
+                finished_at=execution.finished_at,
+                before=execution.before or rec.current,
+                after=rec.desired,
+            )
+        )
+    return changes
 
 
 # ---- one analysis pass -----------------------------------------------------------------------------
@@ -295,7 +330,7 @@ def _recommendation(
         expires_at=now + svc.recommendation_ttl,
         current=proposal.current,
         desired=proposal.desired,
-        stages=list(cap.stages or settings.rollout_stages),
+        stages=[] if cap.advice_only else list(cap.stages or settings.rollout_stages),
         estimate=proposal.estimate,
         risk=risk_level(proposal.risk_score, settings),
         risk_score=proposal.risk_score,
@@ -318,8 +353,9 @@ def reevaluator(svc: Services, capabilities: Sequence[Capability], snapshot: Fle
     """Re-run a losing recommendation's capability on its deployment as if the winner's config applied."""
 
     def reevaluate(loser: Recommendation, base: DeploymentConfig) -> Recommendation | None:
-        cap = next(c for c in capabilities if c.kind == loser.kind)
-        moved = snapshot.with_config(loser.deployment_id, base)
+        # A pass over some capabilities (autoscaling's fast path) may outrank an open one of another kind.
+        cap = next((c for c in capabilities if c.kind == loser.kind), None) or find_capability(loser.kind)
+        moved = snapshot.with_config(loser.deployment_id, base).only(loser.deployment_id)
         for item in _analyze(cap, moved, svc.decisions):
             if isinstance(item, Proposal) and item.deployment_id == loser.deployment_id:
                 return _recommendation(svc, cap, item, moved, now)
@@ -361,7 +397,8 @@ def _coordinate_and_store(
         if existing is not None:  # it was blocked; now approvable (or conflicting): the new one replaces it
             _withdraw(state, existing, f"superseded by {rec.id}")
         if verdict is None or verdict.verdict is Verdict.KEEP:
-            _store(state, customers.get(rec.customer_id), rec, now, cap_report)
+            policy = cap.policy_approval(rec.current, rec.desired)
+            _store(state, customers.get(rec.customer_id), rec, now, cap_report, policy)
         elif verdict.verdict is Verdict.ESCALATED:
             escalated = verdict.rec.model_copy(
                 update={"status": RecommendationStatus.ESCALATED, "status_reason": verdict.reason}
@@ -436,7 +473,12 @@ def _auto_approve(state: StateStore, customer: Customer, rec: Recommendation, no
 
 
 def _store(
-    state: StateStore, customer: Customer | None, rec: Recommendation, now: datetime, report: CapabilityReport
+    state: StateStore,
+    customer: Customer | None,
+    rec: Recommendation,
+    now: datetime,
+    report: CapabilityReport,
+    capability_policy: str | None = None,
 ) -> None:
     if not state.add_recommendation(rec):  # another run opened one for this deployment meanwhile
         report.skipped[rec.deployment_id] = "already open"
@@ -444,6 +486,10 @@ def _store(
     report.created.append(rec)
     if customer is not None and _policy_allows(customer, rec):
         _auto_approve(state, customer, rec, now)
+        report.auto_approved.append(rec.id)
+    elif capability_policy is not None and rec.status is RecommendationStatus.PENDING:
+        # The capability's written policy (e.g. autoscaling within the approved min/max replicas).
+        state.decide(rec.id, Decision.APPROVE, f"policy:{rec.kind}", capability_policy, via="policy", now=now)
         report.auto_approved.append(rec.id)
 
 

@@ -12,13 +12,13 @@ instances are launched before the ones they replace are released.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Protocol
 
 from optiinfra_assets.catalog import instance_type
 from optiinfra_assets.models import DeploymentConfig, EngineConfig, Instance, InstanceState, Lifecycle
-from optiinfra_assets.sandbox import new_instance_id, observe, pick_az
+from optiinfra_assets.sandbox import new_instance_id, observe, observe_samples, pick_az
 from optiinfra_assets.serving import validate_config
 from resources.state_store import StateStore
 
@@ -87,6 +87,13 @@ class Target(Protocol):
 
     def observe(self, deployment_id: str, seconds: int) -> dict[str, float]: ...
 
+    def observe_samples(
+        self, deployment_id: str, seconds: int, canary: Collection[Pool]
+    ) -> dict[str, list[float]]:
+        """Per-request samples of the next ``seconds`` by arm: instances in a ``canary`` pool against the
+        others (``quality_canary``, ``quality_control``, ``latency_canary``, ``latency_control``)."""
+        ...
+
 
 class SandboxTarget:
     """The sandbox fleet persisted in the StateStore; `clock` says what 'now' is (UTC)."""
@@ -112,6 +119,21 @@ class SandboxTarget:
             deployment_id,
             self.clock(),
             seconds,
+            seed=self.seed,
+        )
+
+    def observe_samples(
+        self, deployment_id: str, seconds: int, canary: Collection[Pool]
+    ) -> dict[str, list[float]]:
+        return observe_samples(
+            self.state.list_customers(),
+            self.state.list_deployments(),
+            self.state.list_instances(deployment_id, include_ended=True),
+            self.state.list_faults(deployment_id),
+            deployment_id,
+            self.clock(),
+            seconds,
+            canary,
             seed=self.seed,
         )
 
@@ -242,4 +264,8 @@ def open_target(name: str, state: StateStore, seed: int) -> Target:
     """The target named by OPTIINFRA_TARGET."""
     if name == "sandbox":
         return SandboxTarget(state, seed)
-    raise ValueError(f"OPTIINFRA_TARGET: unknown target {name!r} (sandbox)")
+    if name == "aws":
+        from resources.aws_target import open_aws_target  # boto3 and the AWS settings only when asked for
+
+        return open_aws_target(state)
+    raise ValueError(f"OPTIINFRA_TARGET: unknown target {name!r} (sandbox, aws)")

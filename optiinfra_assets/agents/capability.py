@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar
 
@@ -86,6 +86,11 @@ class StageContext:
     slo_p95_latency_ms: float
     deployment_id: str
     settings: DecisionSettings
+    # Per-request samples of the stage by arm (``quality_canary``, ``quality_control``, ``latency_...``)
+    # for A/B tests, and which look of how many this stage is (the stages of the rollout).
+    samples: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    look: int = 1
+    looks: int = 1
 
 
 StageCheck = Callable[[StageContext], CheckResult]
@@ -108,9 +113,17 @@ class Capability(ABC):
     stages: ClassVar[tuple[int, ...] | None] = None
     # Checks between stages; empty means the change is applied at once with nothing to watch.
     stage_checks: ClassVar[tuple[StageCheck, ...]] = ()
+    # Advice only (e.g. a purchase, which is a person's act): decided through the same gate, but its desired
+    # config is its current one and the executor records the decision without touching the fleet.
+    advice_only: ClassVar[bool] = False
     # The Outcome figures it is judged by, the one it exists for first (money, latency, utilization,
     # quality: see models.Outcome); the outcome's summary leads with them.
     valued_by: ClassVar[tuple[str, ...]] = ("realized_monthly_savings_usd", "quality_delta_pct")
+
+    def policy_approval(self, current: DeploymentConfig, desired: DeploymentConfig) -> str | None:
+        """The capability's own written policy, if a change like this one is approved without a person: the
+        policy's text (recorded as the approval's comment), or None for the approval gate. None by default."""
+        return None
 
     @property
     def asset_name(self) -> str:

@@ -71,13 +71,19 @@ def changed_fields(rec: Recommendation) -> set[str]:
     return set(rec.current.changes(rec.desired))
 
 
-def _rank(rec: Recommendation, capabilities: Sequence[Capability]) -> tuple[int, int, float, float, str]:
+def _advice_only(kind: str, capabilities: Sequence[Capability]) -> bool:
+    return any(cap.kind == kind and cap.advice_only for cap in capabilities)
+
+
+def _rank(rec: Recommendation, capabilities: Sequence[Capability]) -> tuple[int, int, int, float, float, str]:
     # A change already decided or under way is never preempted; then higher priority; within one objective
-    # the larger saving, then the lower risk, then the id (a stable tie-break).
+    # a change to the fleet before advice about the fleet as it is (a commitment is re-sized on the changed
+    # config), then the larger saving, then the lower risk, then the id (a stable tie-break).
     decided = rec.status in (RecommendationStatus.APPROVED, RecommendationStatus.EXECUTING)
     return (
         0 if decided else 1,
         PRIORITY.index(objective_of(rec.kind, capabilities)),
+        1 if _advice_only(rec.kind, capabilities) else 0,
         -rec.estimate.monthly_savings_usd,
         rec.risk_score,
         rec.id,
@@ -91,6 +97,8 @@ def _why_lost(loser: Recommendation, winner: Recommendation, capabilities: Seque
         return head + f"that change is already {winner.status.value}"
     if won != lost:
         return head + f"{won.value} outranks {lost.value} ({ORDER_TEXT})"
+    if _advice_only(loser.kind, capabilities) and not _advice_only(winner.kind, capabilities):
+        return head + "a change to the fleet goes before advice about the fleet as it is"
     return head + (
         f"both serve {won.value}; the winner saves ${winner.estimate.monthly_savings_usd:,.0f}/month vs "
         f"${loser.estimate.monthly_savings_usd:,.0f} at risk {winner.risk_score:.2f} vs {loser.risk_score:.2f}"

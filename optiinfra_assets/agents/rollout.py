@@ -14,14 +14,14 @@ recorded config), so re-applying a stage never launches twice.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from optiinfra_assets.agents import find_capability
 from optiinfra_assets.agents.capability import Capability, StageContext
-from optiinfra_assets.catalog import instance_type
+from optiinfra_assets.catalog import config_usd_hour, instance_type
 from optiinfra_assets.config import DecisionSettings
 from optiinfra_assets.models import (
     CheckResult,
@@ -31,7 +31,6 @@ from optiinfra_assets.models import (
     Execution,
     ExecutionStatus,
     Instance,
-    Lifecycle,
     Outcome,
     Recommendation,
     RecommendationStatus,
@@ -40,7 +39,7 @@ from optiinfra_assets.models import (
 from optiinfra_assets.snapshot import BaselineStat
 from resources.memory_store import MemoryStore
 from resources.state_store import StateStore
-from resources.targets import Target, pools
+from resources.targets import Pool, Target, pools
 
 ACTOR = "executor"
 FINISHED = frozenset({ExecutionStatus.SUCCEEDED, ExecutionStatus.ROLLED_BACK, ExecutionStatus.FAILED})
@@ -108,8 +107,11 @@ def check_stage(
     rec: Recommendation,
     pct: int,
     observation: dict[str, float],
+    samples: Mapping[str, Sequence[float]] | None = None,
 ) -> tuple[bool, str, list[CheckResult]]:
-    """(passed, why, results): every check the capability declares, in order; the first failure decides."""
+    """(passed, why, results): every check the capability declares, in order; the first failure decides.
+
+    ``samples``: the stage's per-request samples by arm, for A/B tests; each stage is one look of them."""
     stage = StageContext(
         pct=pct,
         observation=observation,
@@ -117,6 +119,9 @@ def check_stage(
         slo_p95_latency_ms=customer.slo_p95_latency_ms,
         deployment_id=rec.deployment_id,
         settings=ctx.settings,
+        samples=samples or {},
+        look=rec.stages.index(pct) + 1 if pct in rec.stages else len(rec.stages),
+        looks=len(rec.stages),
     )
     results: list[CheckResult] = []
     for check in cap.stage_checks:
@@ -147,6 +152,8 @@ def execute(ctx: RolloutContext, rec_id: str, run_id: str | None) -> Execution:
     rec = state.get_recommendation(rec_id)
     _check_approved(state, rec)
     cap = ctx.capability_of(rec)
+    if cap.advice_only:
+        return _accept_advice(ctx, rec, run_id)
     customer = state.get_customer(rec.customer_id)
     if existing is None:
         _check_base(ctx, rec)
@@ -160,6 +167,15 @@ def execute(ctx: RolloutContext, rec_id: str, run_id: str | None) -> Execution:
         raise
     _ensure_outcome(ctx, rec, execution)
     return execution
+
+
+def _accept_advice(ctx: RolloutContext, rec: Recommendation, run_id: str | None) -> Execution:
+    """An approved piece of advice: recorded as executed with no stage, the target never called."""
+    if not ctx.state.set_recommendation_status(rec.id, RecommendationStatus.EXECUTING, expected=RUNNABLE):
+        raise NotApprovedError(f"recommendation '{rec.id}' changed status meanwhile: nothing was changed")
+    execution = ctx.state.start_execution(rec.id, run_id, before=rec.current, now=ctx.clock())
+    reason = "advice only: approved and recorded; nothing was applied to the fleet (acting on it is a person's act)"
+    return _finish(ctx, rec, execution, ExecutionStatus.SUCCEEDED, reason, RecommendationStatus.EXECUTED)
 
 
 def _check_base(ctx: RolloutContext, rec: Recommendation) -> None:
@@ -205,6 +221,12 @@ def _on_desired(ctx: RolloutContext, rec: Recommendation) -> int:
     return sum((i.instance_type, i.lifecycle, i.engine) in wanted for i in running)
 
 
+def canary_pools(rec: Recommendation) -> set[Pool]:
+    """The pools the change adds (e.g. spot replicas, a new engine): their instances are the canary arm
+    of the A/B test, the deployment's other instances the control."""
+    return set(pools(rec.desired)) - set(pools(rec.current))
+
+
 def _stage_record(execution: Execution, pct: int, count: int, now: datetime) -> StageRecord:
     for record in execution.stages:
         if record.stage_pct == pct:  # a resumed stage: re-checked in place, not recorded twice
@@ -223,7 +245,8 @@ def _run_stages(
         ctx.sleep(ctx.soak_s)
         _heal(ctx, rec, record)
         observation = ctx.target.observe(rec.deployment_id, ctx.observe_s)
-        passed, reason, results = check_stage(ctx, cap, customer, rec, pct, observation)
+        samples = ctx.target.observe_samples(rec.deployment_id, ctx.observe_s, canary_pools(rec))
+        passed, reason, results = check_stage(ctx, cap, customer, rec, pct, observation, samples)
         record.observation = {**record.observation, **observation}
         record.checks = results
         record.check_passed, record.reason = (
@@ -313,14 +336,6 @@ def fleet_usd_hour(instances: list[Instance]) -> float:
     return sum(instance_type(i.instance_type).price_usd_hour(i.lifecycle) for i in instances)
 
 
-def config_usd_hour(config: DeploymentConfig) -> float:
-    """What a config costs per hour at catalog prices."""
-    itype = instance_type(config.instance_type)
-    return sum(
-        config.replicas_on(lc) * itype.price_usd_hour(lc) for lc in Lifecycle if config.replicas_on(lc)
-    )
-
-
 def _last(execution: Execution, key: str) -> float | None:
     observed = [s.observation[key] for s in execution.stages if key in s.observation]
     return observed[-1] if observed else None
@@ -377,6 +392,8 @@ def _ensure_outcome(ctx: RolloutContext, rec: Recommendation, execution: Executi
     repairs memory if the run died between the two writes.
     """
     if execution.status not in (ExecutionStatus.SUCCEEDED, ExecutionStatus.ROLLED_BACK):
+        return
+    if ctx.capability_of(rec).advice_only:  # nothing was changed: there is no outcome to remember
         return
     stored = ctx.state.get_outcome(rec.id)
     if stored is not None:

@@ -132,7 +132,8 @@ def _detector_result(
     high = [f for f in report.findings if f.severity is Risk.HIGH]
     rows = [
         f.model_dump(
-            include={"deployment_id", "severity", "metric", "value", "expected", "since", "explanation"}
+            mode="json",  # the severity as its text: Dagster serializes no foreign enum
+            include={"deployment_id", "severity", "metric", "value", "expected", "since", "explanation"},
         )
         for f in report.findings
     ]
