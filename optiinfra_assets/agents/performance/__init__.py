@@ -4,15 +4,156 @@ and watches p95 latency between rollout stages."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import cache
+
+from pydantic import BaseModel
 
 from optiinfra_assets.agents.baselines import is_anomalous
 from optiinfra_assets.agents.capability import CheckResult, StageContext, ValidationRequest
 from optiinfra_assets.catalog import instance_type, model
-from optiinfra_assets.models import DeploymentConfig, Validation
-from optiinfra_assets.serving import load_point, serving_capacity
+from optiinfra_assets.config import DecisionSettings
+from optiinfra_assets.models import DeploymentConfig, EngineConfig, Estimate, Validation
+from optiinfra_assets.serving import (
+    ConfigError,
+    ServingCapacity,
+    Workload,
+    load_point,
+    quality_factor,
+    serving_capacity,
+    validate_config,
+)
 from optiinfra_assets.snapshot import BaselineStat
 
 AGENT = "performance"
+# What requests look like when nothing says otherwise: the sandbox's and the serving model's default.
+TYPICAL_WORKLOAD = Workload()
+
+
+# ---- what a config would do at the observed peak (shared by every performance capability) ------------
+
+
+@dataclass(frozen=True)
+class ConfigForecast:
+    """What the serving model predicts for a deployment config at a load: one replica's capacity and the
+    latency, throughput and KV-cache use of the deployment with the load spread over its replicas."""
+
+    fits: bool
+    reason: str  # why it does not fit (the field and value), or the capacity model's summary
+    replicas: int = 0
+    kv_cache_tokens: int = 0
+    max_concurrency: int = 0  # sequences one replica runs at once (KV cache and max_num_seqs bound it)
+    kv_bound: bool = False  # the KV cache, not max_num_seqs, bounds the running batch
+    replica_capacity_rps: float = 0.0
+    per_replica_rps: float = 0.0
+    utilization: float = 0.0
+    p95_ms: float = math.inf
+    p99_ms: float = math.inf
+    ttft_ms: float = math.inf
+    itl_ms: float = math.inf
+    tokens_per_s: float = 0.0  # whole deployment at the load
+    kv_cache_usage: float = 0.0
+    weights_gib_per_gpu: float = 0.0
+    quality_factor: float = 1.0  # expected quality relative to 16-bit weights and KV cache
+    gpus: int = 0
+
+    @property
+    def capacity_rps(self) -> float:
+        """Requests/s the whole deployment serves at saturation."""
+        return self.replica_capacity_rps * self.replicas
+
+    def holds(self, slo_p95_ms: float, settings: DecisionSettings) -> bool:
+        """p95 within the planning margin under the SLO, at no more than the planned utilization."""
+        return (
+            self.fits
+            and self.p95_ms <= (1.0 - settings.perf_slo_margin) * slo_p95_ms
+            and self.utilization <= settings.perf_max_planned_utilization
+        )
+
+
+@cache
+def _replica_capacity(
+    model_name: str, instance_type_name: str, engine: EngineConfig, workload: Workload
+) -> tuple[str | None, ServingCapacity | None, float]:
+    """(why it cannot run, one replica's capacity, quality factor) of an engine on an instance type: pure in
+    its arguments and independent of the replica count, so computed once per process for each."""
+    config = DeploymentConfig(instance_type=instance_type_name, on_demand_replicas=1, engine=engine)
+    try:
+        validate_config(model_name, config)
+    except ConfigError as exc:
+        return str(exc), None, 1.0
+    spec = model(model_name)
+    cap = serving_capacity(spec, instance_type(instance_type_name), engine, workload)
+    if not cap.fits:
+        return cap.reason, None, 1.0
+    return None, cap, quality_factor(spec, engine)
+
+
+def forecast_config(
+    model_name: str, config: DeploymentConfig, requests_per_s: float, workload: Workload = TYPICAL_WORKLOAD
+) -> ConfigForecast:
+    """The serving model's prediction for ``config`` carrying ``requests_per_s`` over all its replicas.
+
+    A config vLLM could not run (serving.validate_config: TP not dividing the heads, a format the GPU lacks,
+    memory) comes back with ``fits`` False and the error naming the field: never a number for it."""
+    problem, cap, quality = _replica_capacity(model_name, config.instance_type, config.engine, workload)
+    if cap is None:
+        return ConfigForecast(fits=False, reason=problem or "does not fit")
+    itype = instance_type(config.instance_type)
+    per_replica = requests_per_s / config.replicas
+    point = load_point(cap, itype, per_replica)
+    return ConfigForecast(
+        fits=True,
+        reason=cap.reason,
+        replicas=config.replicas,
+        kv_cache_tokens=cap.kv_cache_tokens,
+        max_concurrency=cap.max_batch,
+        kv_bound=cap.max_batch < config.engine.max_num_seqs,
+        replica_capacity_rps=cap.max_requests_per_s,
+        per_replica_rps=per_replica,
+        utilization=point.utilization,
+        p95_ms=point.latency_p95_ms,
+        p99_ms=point.latency_p99_ms,
+        ttft_ms=point.ttft_ms,
+        itl_ms=point.itl_ms,
+        tokens_per_s=point.tokens_per_s * config.replicas,
+        kv_cache_usage=point.kv_cache_usage,
+        weights_gib_per_gpu=cap.weight_gib_per_gpu,
+        quality_factor=quality,
+        gpus=config.replicas * itype.gpu_count,
+    )
+
+
+def observed_peak_requests_per_s(
+    baselines: dict[str, BaselineStat], replicas: int, settings: DecisionSettings
+) -> float | None:
+    """The deployment's peak load: the baseline's p95 of requests/s per instance times the replicas that
+    served it, plus the settings' growth margin (ValidationRequest.peak_requests_per_s, from a snapshot).
+    None without a baseline: a performance change is never sized on a load nobody observed."""
+    stat = baselines.get("requests_per_s")
+    if stat is None or stat.n == 0:
+        return None
+    return stat.p95 * replicas * (1.0 + settings.peak_growth_margin)
+
+
+def with_engine(config: DeploymentConfig, **engine: object) -> DeploymentConfig:
+    """``config`` with some engine fields changed (validated: a bad value names its field)."""
+    fields = config.engine.model_dump() | engine
+    return config.model_copy(update={"engine": EngineConfig.model_validate(fields)})
+
+
+def gain_pct(before: float, after: float) -> float:
+    """How much smaller ``after`` is than ``before``, in percent (latency: positive is faster)."""
+    if not math.isfinite(before) or before <= 0:
+        return 100.0 if math.isfinite(after) else 0.0
+    return 100.0 * (before - after) / before
+
+
+def change_pct(before: float, after: float) -> float:
+    """Relative change of ``after`` over ``before`` in percent, finite (for Estimates)."""
+    if not math.isfinite(before) or not math.isfinite(after) or before <= 0:
+        return 0.0
+    return 100.0 * (after - before) / before
 
 
 def replicas_lost_to_interruption(config: DeploymentConfig) -> tuple[int, str]:
@@ -114,3 +255,130 @@ def latency_slo(ctx: StageContext) -> CheckResult:
         baseline=None if baseline is None else baseline.median,
         threshold=slo,
     )
+
+
+def latency_slo_or_recovering(ctx: StageContext) -> CheckResult:
+    """Stage check of a change meant to cut latency: latency_slo, except that a deployment that already broke
+    its SLO (its baseline p95 is over it) passes while the stage's p95 stays under that high-water mark: a
+    canary on part of the replicas cannot bring the whole deployment within the SLO at once."""
+    result = latency_slo(ctx)
+    baseline = ctx.baselines.get("latency_p95_ms")
+    p95 = ctx.observation["latency_p95_ms"]
+    if result.passed or baseline is None or baseline.n == 0 or baseline.p95 <= ctx.slo_p95_latency_ms:
+        return result
+    if p95 > baseline.p95:
+        return result
+    detail = (
+        f"{result.detail}, which it already broke before the change (baseline p95 up to {baseline.p95:.0f} ms); "
+        "this stage stays under that"
+    )
+    return result.model_copy(update={"passed": True, "detail": detail})
+
+
+def latency_within_slo(ctx: StageContext) -> CheckResult:
+    """Stage check for a change that spends latency headroom on purpose (fewer GPUs, a larger batch): p95
+    within the SLO; rising above its old baseline is what was planned, so it is not a regression."""
+    p95, slo = ctx.observation["latency_p95_ms"], ctx.slo_p95_latency_ms
+    baseline = ctx.baselines.get("latency_p95_ms")
+    passed = p95 <= slo
+    return CheckResult(
+        name="latency",
+        passed=passed,
+        detail=f"p95 {p95:.0f} ms {'is within' if passed else 'breaks'} the SLO of {slo:.0f} ms",
+        value=p95,
+        baseline=None if baseline is None else baseline.median,
+        threshold=slo,
+    )
+
+
+class Predicted(BaseModel):
+    """A ConfigForecast as evidence: what the serving model predicts for a config at the observed peak."""
+
+    replicas: int
+    gpus: int
+    kv_cache_tokens: int
+    max_concurrency: int
+    replica_capacity_rps: float
+    utilization: float
+    p95_ms: float
+    ttft_ms: float
+    itl_ms: float
+    tokens_per_s: float
+    kv_cache_usage: float
+    weights_gib_per_gpu: float
+    quality_factor: float
+
+    @classmethod
+    def of(cls, forecast: ConfigForecast) -> Predicted:
+        if not forecast.fits:
+            raise ValueError(f"no prediction for a config that does not fit: {forecast.reason}")
+        return cls(
+            replicas=forecast.replicas,
+            gpus=forecast.gpus,
+            kv_cache_tokens=forecast.kv_cache_tokens,
+            max_concurrency=forecast.max_concurrency,
+            replica_capacity_rps=round(forecast.replica_capacity_rps, 4),
+            utilization=round(forecast.utilization, 4),
+            p95_ms=round(forecast.p95_ms, 1),
+            ttft_ms=round(forecast.ttft_ms, 1),
+            itl_ms=round(forecast.itl_ms, 2),
+            tokens_per_s=round(forecast.tokens_per_s, 1),
+            kv_cache_usage=round(forecast.kv_cache_usage, 4),
+            weights_gib_per_gpu=round(forecast.weights_gib_per_gpu, 3),
+            quality_factor=round(forecast.quality_factor, 5),
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{self.replicas} replica{'s' if self.replicas != 1 else ''} x {self.max_concurrency} sequences "
+            f"({self.kv_cache_tokens} KV tokens each), {self.replica_capacity_rps:.2f} req/s per replica, "
+            f"{self.utilization:.0%} utilized at the peak: p95 {self.p95_ms / 1e3:.1f} s, "
+            f"TTFT {self.ttft_ms:.0f} ms, ITL {self.itl_ms:.1f} ms"
+        )
+
+
+def expected_quality_drop_pct(before: ConfigForecast, after: ConfigForecast) -> float:
+    """The quality the serving model expects a change to cost, in percent of the current quality."""
+    return 100.0 * (1.0 - after.quality_factor / before.quality_factor)
+
+
+def change_estimate(
+    before: ConfigForecast, after: ConfigForecast, monthly_savings_usd: float = 0.0
+) -> Estimate:
+    """A performance change's Estimate from the two forecasts at the same peak load."""
+    return Estimate(
+        monthly_savings_usd=round(monthly_savings_usd, 2),
+        p95_latency_change_pct=round(change_pct(before.p95_ms, after.p95_ms), 2),
+        throughput_change_pct=round(change_pct(before.capacity_rps, after.capacity_rps), 2),
+        quality_change_pct=round(-expected_quality_drop_pct(before, after), 3),
+    )
+
+
+def change_risk(after: ConfigForecast, quality_drop_pct: float, settings: DecisionSettings) -> float:
+    """Risk of a performance change in 0..1, explainable in one line:
+
+    0.15 (any restart of the engine) + 0.45 x quality cost / the quality gate + 0.4 x predicted peak
+    utilization after the change (how little room is left if the prediction is optimistic)."""
+    quality = min(1.0, max(0.0, quality_drop_pct) / settings.max_quality_drop_pct)
+    return round(min(1.0, 0.15 + 0.45 * quality + 0.4 * min(1.0, after.utilization)), 4)
+
+
+def kv_holdable_concurrency(forecast: ConfigForecast, workload: Workload = TYPICAL_WORKLOAD) -> int:
+    """Sequences of the average context the KV cache of a forecast config holds, whatever max_num_seqs."""
+    return int(forecast.kv_cache_tokens // workload.avg_context_tokens) if forecast.fits else 0
+
+
+def batch_limit_gain_pct(model_name: str, config: DeploymentConfig, requests_per_s: float) -> float:
+    """Capacity gained by letting the running batch grow to what the KV cache holds: > 0 when max_num_seqs,
+    not the cache, bounds the batch (batch_tuning's case, which the other capabilities leave to it)."""
+    before = forecast_config(model_name, config, requests_per_s)
+    holdable = kv_holdable_concurrency(before)
+    if not before.fits or holdable <= config.engine.max_num_seqs:
+        return 0.0
+    raised = with_engine(
+        config,
+        max_num_seqs=holdable,
+        max_num_batched_tokens=max(holdable, config.engine.max_num_batched_tokens),
+    )
+    after = forecast_config(model_name, raised, requests_per_s)
+    return change_pct(before.capacity_rps, after.capacity_rps) if after.fits else 0.0

@@ -1,34 +1,97 @@
-"""Latency anomalies: each deployment's hourly p95 latency through the shared anomaly detector, with what
-explains an anomalous hour (more load, KV-cache pressure, or nothing we can see: a regression)."""
+"""Latency and throughput anomalies: each deployment's hourly p95, tail, TTFT, inter-token latency and
+throughput through the shared anomaly detector, with what explains an anomalous hour: a change (instances
+relaunched or a rollout under way just before it), more load, KV-cache pressure, or nothing we can see (a
+regression: a model or engine issue)."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import ClassVar, Literal
 
 import numpy as np
+import polars as pl
 
 from optiinfra_assets.agents.anomaly import detect
 from optiinfra_assets.agents.capability import Detector, Finding
 from optiinfra_assets.agents.performance import AGENT
 from optiinfra_assets.config import DecisionSettings
-from optiinfra_assets.models import Risk
+from optiinfra_assets.models import Deployment, Instance, Risk
 from optiinfra_assets.snapshot import FleetSnapshot
 
-METRIC = "latency_p95_ms_p50"  # per hour: the median of the per-second p95s
 LOAD = "requests_per_s_avg"
 KV = "kv_cache_usage_avg"
-# KV-cache use above this means new requests queue for cache blocks (vLLM preempts near 100%).
-KV_PRESSURE = 0.9
-# Load this much above its usual level explains higher latency by itself.
+# Load this much above (or below, for throughput) its usual level explains a change by itself.
 LOAD_RISE = 1.25
+# A change (instances launched, a rollout) this long before an anomalous hour is a suspect for it.
+CHANGE_WINDOW = timedelta(hours=2)
 
 
-def _explain(rows, last: int) -> str:
-    load = rows[LOAD].to_numpy()
-    usual_load = float(np.median(load[:last])) if last else float(load[last])
-    if rows[KV][last] >= KV_PRESSURE:
-        return f"KV-cache pressure: {rows[KV][last]:.0%} of the cache in use"
-    if usual_load > 0 and load[last] >= LOAD_RISE * usual_load:
+@dataclass(frozen=True)
+class Watched:
+    """One hourly figure the detector watches and which side of it is bad."""
+
+    metric: str  # the finding's metric
+    column: str  # the hourly rollup column (MetricStore.hourly)
+    worse: Literal["high", "low"]
+    label: str
+    slo_bound: bool = False  # compared with the customer's p95 SLO for severity
+
+
+WATCHED: tuple[Watched, ...] = (
+    Watched("latency_p95_ms", "latency_p95_ms_p50", "high", "p95 latency", slo_bound=True),
+    # The hourly rollup keeps quantiles of the per-second p95: its 99th percentile is the hour's tail.
+    Watched(
+        "latency_p95_ms_p99", "latency_p95_ms_p99", "high", "tail latency (p99 of the hour)", slo_bound=True
+    ),
+    Watched("ttft_ms", "ttft_ms_p50", "high", "time to first token"),
+    Watched("itl_ms", "itl_ms_p50", "high", "inter-token latency"),
+    Watched("tokens_per_s", "tokens_per_s_avg", "low", "throughput"),
+)
+
+
+def _utc(at: datetime) -> datetime:
+    """Naive times (as some stores return them) are UTC."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def recent_change(deployment: Deployment, instances: list[Instance], since: datetime) -> str | None:
+    """What changed on the deployment from ``since`` on, in words, or None."""
+    since = _utc(since)
+    if deployment.rollout_to is not None:
+        changed = ", ".join(deployment.config.changes(deployment.rollout_to)) or "its config"
+        return f"a rollout is under way ({changed}, {deployment.rollout_fraction:.0%} applied)"
+    launched = [i for i in instances if _utc(i.launched_at) >= since]
+    if not launched:
+        return None
+    latest = max(_utc(i.launched_at) for i in launched)
+    others = [i for i in instances if _utc(i.launched_at) < since]
+    engines = {i.engine for i in launched}
+    differs = bool(others) and any(e != others[0].engine for e in engines)
+    what = " with a different engine config" if differs else ""
+    return f"{len(launched)} instance{'s' if len(launched) != 1 else ''} launched{what} by {latest:%Y-%m-%d %H:%M}"
+
+
+def explain(watched: Watched, rows: pl.DataFrame, last: int, change: str | None, kv_pressure: float) -> str:
+    """Why the newest hour of ``watched`` is anomalous: a change first, then load, then the KV cache."""
+    load = rows[LOAD].to_numpy() if LOAD in rows.columns else None
+    kv = rows[KV].to_numpy() if KV in rows.columns else None
+    usual_load = float(np.median(load[:last])) if load is not None and last else None
+    context = []
+    kv_full = kv is not None and kv[last] >= kv_pressure
+    if kv_full:
+        context.append(f"KV-cache pressure: {kv[last]:.0%} of the cache in use")
+    more_load = usual_load is not None and usual_load > 0 and load[last] >= LOAD_RISE * usual_load
+    less_load = usual_load is not None and usual_load > 0 and load[last] * LOAD_RISE <= usual_load
+    if change is not None:
+        return f"a regression after a change: {change}" + (f" ({'; '.join(context)})" if context else "")
+    if watched.worse == "low" and less_load:
+        return (
+            f"load: {load[last]:.2f} req/s against a usual {usual_load:.2f} (less demand, not slower serving)"
+        )
+    if kv_full:
+        return context[0]
+    if more_load:
         return f"load: {load[last]:.2f} req/s against a usual {usual_load:.2f}"
     return "no load or KV-cache change explains it: a regression (a change, a model or engine issue)"
 
@@ -37,38 +100,64 @@ class LatencyAnomalies(Detector):
     name: ClassVar[str] = "latency_anomalies"
     agent: ClassVar[str] = AGENT
     description: ClassVar[str] = (
-        "Hourly p95 latency per deployment through the shared anomaly detector, explained by load, "
-        "KV-cache pressure or a regression."
+        "Hourly p95, tail latency, TTFT, inter-token latency and throughput per deployment through the shared "
+        "anomaly detector, explained by a change, load, KV-cache pressure or a regression."
     )
 
     def detect(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> list[Finding]:
         findings: list[Finding] = []
         for deployment in snapshot.deployments:
             rows = snapshot.hourly_of("performance", deployment.id)
-            if rows.is_empty() or METRIC not in rows.columns:
+            if rows.is_empty():
                 continue
-            values = rows[METRIC].to_numpy().astype(np.float64)
-            result = detect(values, rows["hour"].to_numpy())
-            last = len(values) - 1
-            if not bool(result.is_anomaly[last]) or values[last] <= np.median(values):
-                continue  # only the newest hour matters now; faster than usual is no problem
             customer = snapshot.customer_by_id.get(deployment.customer_id)
             slo = customer.slo_p95_latency_ms if customer else float("inf")
-            findings.append(
-                Finding(
-                    detector=self.name,
-                    customer_id=deployment.customer_id,
-                    deployment_id=deployment.id,
-                    severity=Risk.HIGH if values[last] > slo else Risk.MEDIUM,
-                    metric="latency_p95_ms",
-                    value=round(float(values[last]), 1),
-                    expected=round(float(np.median(values[:last] if last else values)), 1),
-                    since=str(rows["hour"][last]),
-                    summary=(
-                        f"p95 latency of {deployment.id} is anomalous in the last hour: "
-                        f"{values[last]:.0f} ms (score {float(result.score[last]):.2f})"
-                    ),
-                    explanation=_explain(rows, last),
-                )
-            )
+            for watched in WATCHED:
+                if watched.column in rows.columns:
+                    finding = self._check(snapshot, deployment, rows, watched, slo, settings)
+                    if finding is not None:
+                        findings.append(finding)
         return findings
+
+    def _check(
+        self,
+        snapshot: FleetSnapshot,
+        deployment: Deployment,
+        rows: pl.DataFrame,
+        watched: Watched,
+        slo: float,
+        settings: DecisionSettings,
+    ) -> Finding | None:
+        values = rows[watched.column].to_numpy().astype(np.float64)
+        if np.isnan(values).all():
+            return None
+        result = detect(values, rows["hour"].to_numpy())
+        last = len(values) - 1
+        usual = float(np.median(values[:last] if last else values))
+        worse = values[last] > usual if watched.worse == "high" else values[last] < usual
+        if not bool(result.is_anomaly[last]) or not worse:
+            return None  # only the newest hour matters now; and only its bad side
+        hour: datetime = rows["hour"][last]
+        instances = snapshot.running_by_deployment.get(deployment.id, [])
+        change = recent_change(deployment, instances, hour - CHANGE_WINDOW)
+        explanation = explain(watched, rows, last, change, settings.kv_pressure_usage)
+        if watched.slo_bound:
+            severity = Risk.HIGH if values[last] > slo else Risk.MEDIUM
+        else:
+            severity = Risk.LOW if explanation.startswith("load:") and watched.worse == "low" else Risk.MEDIUM
+        unit = "tokens/s" if watched.metric == "tokens_per_s" else "ms"
+        return Finding(
+            detector=self.name,
+            customer_id=deployment.customer_id,
+            deployment_id=deployment.id,
+            severity=severity,
+            metric=watched.metric,
+            value=round(float(values[last]), 1),
+            expected=round(usual, 1),
+            since=str(hour),
+            summary=(
+                f"{watched.label} of {deployment.id} is anomalous in the last hour: {values[last]:.0f} {unit} "
+                f"against a usual {usual:.0f} (score {float(result.score[last]):.2f})"
+            ),
+            explanation=explanation,
+        )
