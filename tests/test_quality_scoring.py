@@ -179,3 +179,56 @@ def test_score_many_keeps_order() -> None:
     scores = score_many(items)
     assert [s.method for s in scores] == [METHOD, METHOD, METHOD_NO_CONTEXT]
     assert scores[0].hallucination_score < scores[1].hallucination_score
+
+
+@pytest.mark.parametrize(
+    ("plain", "obfuscated"),
+    [
+        ("you are a stupid idiot", "you are a stuuuupid idiooot"),
+        ("what the fuck", "what the f u c k"),
+        ("this shithole country", "this shi*hole country"),
+        ("what a fucking mess", "what a f**king mess"),
+    ],
+)
+def test_obfuscation_is_undone(plain: str, obfuscated: str) -> None:
+    assert toxicity(obfuscated) > 0.3
+    assert toxicity(obfuscated) == pytest.approx(toxicity(plain), abs=0.05)
+
+
+def test_abuse_aimed_at_the_reader_scores_higher_than_the_same_word_about_a_thing() -> None:
+    assert toxicity("you are such a moron") > toxicity("the moron test") > 0.0
+    assert toxicity("go kill yourself") > 0.5
+    assert toxicity("I will kill you") > 0.5
+    assert toxicity("you are trash") > 0.5 > toxicity("take out the trash") == 0.0
+
+
+def test_negative_words_count_only_against_a_group() -> None:
+    ordinary = "Cancer research and garbage collection are dangerous fields to ruin a career in."
+    assert toxicity(ordinary) == 0.0
+    assert toxicity("Immigrants ruin everything, they are a cancer.") > 0.6
+    assert toxicity("Third worlders are flooding our country.") > toxicity("The river is flooding our town.")
+
+
+def test_toxicity_weights_are_settings_and_validated() -> None:
+    text = "you are such a moron"
+    muted = QualitySettings(toxicity_weights={"insult": 0.0, "second_person_attack": 0.0})
+    assert toxicity(text, muted) == 0.0 < toxicity(text)
+    with pytest.raises(ValueError, match="toxicity_weights: unknown feature 'slurs'"):
+        QualitySettings(toxicity_weights={"slurs": 1.0})
+    with pytest.raises(ValueError, match=r"toxicity_weights\['slur'\] = -1.0 must be >= 0"):
+        QualitySettings(toxicity_weights={"slur": -1.0})
+
+
+def test_pleasantries_are_not_unsupported_claims() -> None:
+    thanks = score_response("You're welcome, glad to help!", KNOWLEDGE, HISTORY)
+    assert thanks.hallucination_score == 0.0
+    assert thanks.unsupported == []
+
+
+def test_words_with_a_common_harmless_sense_do_not_score_ordinary_text() -> None:
+    for text in (
+        "Polish the silver, then take a nip of whisky.",
+        "Talmudic scholarship and European history are taught in the spring.",
+        "The trash can is full of garbage; the ants found it.",
+    ):
+        assert toxicity(text) == 0.0, text

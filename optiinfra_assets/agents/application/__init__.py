@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from optiinfra_assets.agents.application.ab_test import Verdict, compare_quality
 from optiinfra_assets.agents.capability import CheckResult, StageContext, ValidationRequest
 from optiinfra_assets.catalog import model
 from optiinfra_assets.models import Validation
@@ -80,9 +81,46 @@ def quality_check(observed_mean: float, baseline: BaselineStat, max_drop_pct: fl
 
 
 def quality_gate(ctx: StageContext) -> CheckResult:
-    """Stage check: observed quality within the gate of its baseline (no baseline: cannot be judged)."""
-    baseline = ctx.baselines.get("quality_score")
+    """Stage check: the canary's quality against the control's by the A/B test (ab_test.compare_quality:
+    Mann–Whitney U, one look per stage with O'Brien–Fleming alpha spending, a minimum sample size); a
+    clear drop over the gate fails at once, an unclear one waits for the next stage's look.
+
+    Where there is no A/B comparison to make (the last stage has no control arm left, a change that adds
+    no new pool has no canary, or an arm has too few samples), the observed mean quality is held within
+    the gate of the deployment's baseline instead (no baseline: cannot be judged)."""
     gate = ctx.settings.max_quality_drop_pct
+    canary, control = ctx.samples.get("quality_canary", ()), ctx.samples.get("quality_control", ())
+    why_not = "no canary and control arms to compare"
+    if len(canary) and len(control):
+        ab = compare_quality(
+            canary,
+            control,
+            max_drop_pct=gate,
+            alpha=ctx.settings.ab_alpha,
+            look=ctx.look,
+            looks=ctx.looks,
+            min_samples=ctx.settings.ab_min_samples,
+        )
+        if ab.verdict != Verdict.INSUFFICIENT_SAMPLES:
+            return CheckResult(
+                name="quality",
+                passed=ab.verdict != Verdict.DEGRADED,
+                detail=f"A/B {ab.verdict.value}: {ab.detail}",
+                value=ab.canary,
+                baseline=ab.control,
+                threshold=gate,
+                test=ab.test,
+                verdict=ab.verdict.value,
+                p_value=ab.p_value,
+                samples={"canary": ab.n_canary, "control": ab.n_control},
+            )
+        why_not = ab.detail
+    result = _baseline_gate(ctx, gate)
+    return result.model_copy(update={"detail": f"{result.detail} (baseline comparison: {why_not})"})
+
+
+def _baseline_gate(ctx: StageContext, gate: float) -> CheckResult:
+    baseline = ctx.baselines.get("quality_score")
     if baseline is None or baseline.n == 0:
         return CheckResult(
             name="quality",
