@@ -8,7 +8,8 @@ hash (splitmix64), never a stateful RNG: generating [a, c) gives exactly the row
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 
@@ -23,7 +24,7 @@ from optiinfra_assets.catalog import (
     instance_type,
     model,
 )
-from optiinfra_assets.metrics import SCHEMAS, Domain
+from optiinfra_assets.metrics import KEY_COLUMNS, SCHEMAS, Domain
 from optiinfra_assets.models import (
     Customer,
     Deployment,
@@ -33,6 +34,16 @@ from optiinfra_assets.models import (
     Instance,
     InstanceState,
     Lifecycle,
+    Risk,
+)
+from optiinfra_assets.request_text import (
+    ITEMS_PER_KIND,
+    MODE_INDEX,
+    DegradationMode,
+    RequestKind,
+    degraded_share,
+    render,
+    score_table,
 )
 from optiinfra_assets.serving import ServingCapacity, load_points, quality_factor, serving_capacity
 
@@ -43,8 +54,7 @@ WEEKEND_FACTOR = 0.7
 LOAD_NOISE = 0.06  # relative noise of one instance's share (routing imbalance, bursts)
 LATENCY_NOISE = 0.05
 QUALITY_MEAN, QUALITY_SD = 0.88, 0.03
-HALLUCINATION_MEAN, HALLUCINATION_SD = 0.05, 0.02
-TOXICITY_MEAN, TOXICITY_SD = 0.01, 0.005
+KEY_NAMES = tuple(KEY_COLUMNS)
 # A deployment with no running replica serves nothing: its latency is reported as the request timeout.
 NO_SERVICE_LATENCY_MS = 600_000.0
 _EPOCH_THURSDAY = 3  # 1970-01-01 was a Thursday: (days + 3) % 7 gives Monday = 0
@@ -104,7 +114,11 @@ CUSTOMERS: tuple[Customer, ...] = (
     ),
     Customer(id="globex", name="Globex (RAG search)", slo_p95_latency_ms=45_000, min_monthly_savings_usd=300),
     Customer(
-        id="initech", name="Initech (code assistant)", slo_p95_latency_ms=40_000, min_monthly_savings_usd=1000
+        id="initech",
+        name="Initech (code assistant)",
+        slo_p95_latency_ms=40_000,
+        min_monthly_savings_usd=1000,
+        autoscaling=True,  # a written autoscaling policy: scaled within min/max replicas (issue 9)
     ),
     Customer(
         id="umbrella",
@@ -113,10 +127,32 @@ CUSTOMERS: tuple[Customer, ...] = (
         min_monthly_savings_usd=200,
         allow_spot=False,  # compliance says no spot, whatever it saves
     ),
+    # Cost agent (issue 7): a customer near its budget. Its only deployment (hooli-support-qwen7b, two g6.xlarge
+    # on demand) spends ~$1,082 a 28-day month; the budget is 3% under that, so the month-end forecast crosses
+    # it in every month (budget_alerts, budget_forecasts' check).
+    Customer(
+        id="hooli",
+        name="Hooli (support bot on a budget)",
+        slo_p95_latency_ms=45_000,
+        min_monthly_savings_usd=100,
+        monthly_budget_usd=round(0.97 * 2 * instance_type("g6.xlarge").ondemand_usd_hour * 24 * 28, 2),
+    ),
+    # Application agent (issue 10): a customer whose written policy approves low-risk changes, so that the
+    # A/B rollback of vandelay-rag-llama8b happens without a click (once: the rollback, remembered, makes
+    # the next proposal medium risk, which waits for a person).
+    Customer(
+        id="vandelay",
+        name="Vandelay (RAG support, auto-approves)",
+        slo_p95_latency_ms=45_000,
+        min_monthly_savings_usd=300,
+        auto_approve_max_risk=Risk.LOW,
+    ),
 )
 
-# (id, customer, model, instance type, replicas, utilization at a normal weekday peak)
-_DEPLOYMENTS: tuple[tuple[str, str, str, str, int, float], ...] = (
+# (id, customer, model, instance type, replicas, utilization at a normal weekday peak[, engine overrides])
+_DEPLOYMENTS: tuple[
+    tuple[str, str, str, str, int, float] | tuple[str, str, str, str, int, float, dict], ...
+] = (
     # Good spot candidate: 5-10% band, 4 replicas (one loss leaves ~70% peak utilization), 58% savings.
     ("acme-chat-8b", "acme", "Llama-3.1-8B", "g6e.xlarge", 4, 0.52),
     # Lowest band (<5%) and 65% savings, but only 2 replicas: one loss overloads the other at peak.
@@ -126,19 +162,84 @@ _DEPLOYMENTS: tuple[tuple[str, str, str, str, int, float], ...] = (
     # Bad spot candidate: >20% band and a single replica, a spot loss is an outage.
     ("initech-code-72b", "initech", "Qwen2.5-72B", "p5.48xlarge", 1, 0.60),
     ("umbrella-sum-mixtral", "umbrella", "Mixtral-8x7B-v0.1", "p4d.24xlarge", 1, 0.50),
+    # Performance agent (issue 8): one deployment per situation its capabilities act on.
+    # KV pressure: a 32B model's bf16 weights leave 27 sequences of KV cache on one H100; the weekday peak
+    # overloads it (KV cache full, preemptions, queueing). kv_cache_tuning: FP8 KV cache, more memory.
+    ("globex-kv-qwen32b", "globex", "Qwen2.5-32B", "p5.4xlarge", 2, 1.3),
+    # An FP16 model on FP8 hardware running hot, with room in its KV cache. quantization: FP8.
+    (
+        "acme-fp16-llama8b",
+        "acme",
+        "Llama-3.1-8B",
+        "p5.4xlarge",
+        2,
+        1.05,
+        {"quantization": "fp16", "max_num_seqs": 256},
+    ),
+    # A batch limit that wastes throughput: 16 sequences where the KV cache holds ~400. batch_tuning.
+    ("globex-batch16-qwen7b", "globex", "Qwen2.5-7B", "g6e.xlarge", 2, 0.9, {"max_num_seqs": 16}),
+    # An 8B model split over 4 PCIe-linked L40S that one L40S serves. parallelism: fewer GPUs.
+    ("acme-tp4-llama8b", "acme", "Llama-3.1-8B", "g6e.12xlarge", 1, 0.3),
+    # Cost agent (issue 7): right-sizing and reserved capacity.
+    # Over-provisioned hardware: one A10G on a 64-vCPU g5.16xlarge at 15% weekday-peak utilization, which one
+    # replica cannot scale below; a g6.xlarge (L4) holds the SLO for a fifth of the price. right_sizing.
+    ("globex-oversized-llama8b", "globex", "Llama-3.1-8B", "g5.16xlarge", 1, 0.15),
+    # Steady 24/7 on-demand (a customer that rules out spot), already right-sized: reserved_capacity.
+    ("umbrella-steady-mistral7b", "umbrella", "Mistral-7B-Instruct-v0.2", "g5.xlarge", 2, 0.45),
+    # Cost agent (issue 7): cost anomalies and budget forecasts.
+    # A cost spike: scaled from 2 to 4 replicas three hours before the fleet was seeded, for no more load
+    # (_RECENT_REPLICAS): its hourly spend doubles. cost_anomalies explains it as a scale-up.
+    ("initech-spike-llama8b", "initech", "Llama-3.1-8B", "g6e.xlarge", 4, 0.45),
+    # The near-budget customer's only deployment (CUSTOMERS: hooli).
+    ("hooli-support-qwen7b", "hooli", "Qwen2.5-7B", "g6.xlarge", 2, 0.5),
+    # Application agent (issue 10): deployments whose answers go wrong in the text itself, from the fleet's
+    # seeding on (INITIAL_QUALITY_FAULTS). A broken model version inventing facts in RAG answers
+    # (quality_drift: a hallucination finding quoting them); a bad fine-tune insulting users (a toxicity
+    # finding).
+    ("globex-rag-broken-llama8b", "globex", "Llama-3.1-8B", "g6.xlarge", 2, 0.45),
+    ("acme-chat-toxic-qwen7b", "acme", "Qwen2.5-7B", "g6.xlarge", 2, 0.45),
+    # A good spot candidate (like acme-chat-8b) whose spot replicas serve a broken build: its customer's
+    # policy approves the spot migration, and the A/B test between stages rolls it back. At 58% of peak
+    # the autoscaler keeps its 4 replicas (at 52% it would scale to 3 and, outranking cost, escalate the
+    # spot migration) and one spot loss still holds the SLO (at 62% it would not).
+    ("vandelay-rag-llama8b", "vandelay", "Llama-3.1-8B", "g6e.xlarge", 4, 0.58),
+    # Resource agent (issue 9). Idle GPUs: two L40S replicas at 6% weekday-peak utilization, under the 20% line
+    # all day (gpu_utilization: idle; autoscaling: fewer replicas within the bounds).
+    ("initech-idle-mistral7b", "initech", "Mistral-7B-Instruct-v0.2", "g6e.xlarge", 2, 0.06),
+    # Small deployments that fit together: a 14B model on all four L4s of a g6.12xlarge, one replica per
+    # instance, where two L4s hold it (consolidation: two replicas per 4-GPU instance, or a cheaper 1-GPU type).
+    ("initech-pack-qwen14b-a", "initech", "Qwen2.5-14B", "g6.12xlarge", 2, 0.3),
+    ("initech-pack-qwen14b-b", "initech", "Qwen2.5-14B", "g6.12xlarge", 2, 0.3),
 )
+# (deployment, degradation mode, drop of mean quality %, scope) the sandbox suffers from its seeding on.
+INITIAL_QUALITY_FAULTS: tuple[tuple[str, str, float, str], ...] = (
+    ("globex-rag-broken-llama8b", "hallucination", 20.0, "all"),
+    ("acme-chat-toxic-qwen7b", "toxicity", 15.0, "all"),
+    ("vandelay-rag-llama8b", "hallucination", 20.0, "spot"),
+)
+# Replicas that joined a deployment shortly before the fleet was seeded: deployment -> (how many of its
+# replicas, how long before the seeding hour). The others were launched FLEET_AGE before.
+_RECENT_REPLICAS: dict[str, tuple[int, timedelta]] = {"initech-spike-llama8b": (2, timedelta(hours=3))}
 _PEAK_FACTOR = 1.0 + DIURNAL_AMPLITUDE  # weekday peak demand / mean demand
 FLEET_AGE = timedelta(days=30)  # the initial instances were launched this long before `now`
 
 
 def capacity(deployment: Deployment) -> ServingCapacity:
-    return serving_capacity(model(deployment.model), instance_type(deployment.instance_type))
+    return serving_capacity(
+        model(deployment.model), instance_type(deployment.instance_type), deployment.config.engine
+    )
 
 
 def _deployment(
-    did: str, cid: str, model_name: str, itype: str, replicas: int, peak_util: float
+    did: str,
+    cid: str,
+    model_name: str,
+    itype: str,
+    replicas: int,
+    peak_util: float,
+    engine: dict[str, object] | None = None,
 ) -> Deployment:
-    config = default_config(itype, replicas)
+    config = default_config(itype, replicas, **(engine or {}))
     cap = serving_capacity(model(model_name), instance_type(itype), config.engine)
     # Mean load such that the weekday peak sits at `peak_util` of the deployment's capacity.
     base = round(peak_util * replicas * cap.max_requests_per_s / _PEAK_FACTOR, 3)
@@ -162,8 +263,15 @@ SYNTHETIC_NO_SPOT_SHARE = 0.1  # customers whose compliance rules out spot
 
 
 def _launch(seed: int, deployments: Sequence[Deployment], now: datetime) -> list[Instance]:
-    """Each deployment's replicas, on demand, launched FLEET_AGE before ``now``."""
+    """Each deployment's replicas, on demand, launched FLEET_AGE before ``now`` (_RECENT_REPLICAS later)."""
     launched = _utc(now).replace(second=0, microsecond=0) - FLEET_AGE
+
+    def launched_at(d: Deployment, n: int) -> datetime:
+        recent, before = _RECENT_REPLICAS.get(d.id, (0, timedelta(0)))
+        if n < d.replicas - recent:
+            return launched
+        return _utc(now).replace(minute=0, second=0, microsecond=0) - before
+
     return [
         Instance(
             id=(iid := new_instance_id(seed, d.id, n)),
@@ -172,7 +280,7 @@ def _launch(seed: int, deployments: Sequence[Deployment], now: datetime) -> list
             lifecycle=Lifecycle.ON_DEMAND,
             engine=d.config.engine,
             az=pick_az(seed, iid),
-            launched_at=launched,
+            launched_at=launched_at(d, n),
         )
         for d in deployments
         for n in range(d.replicas)
@@ -419,13 +527,64 @@ def _cost(fleet: _Fleet, start: datetime, end: datetime) -> pl.DataFrame:
     )
 
 
-def _quality_drop(fleet: _Fleet, faults: Sequence[Fault], ts_s: np.ndarray, n_idx: np.ndarray) -> np.ndarray:
-    """Fraction by which each sampled request's quality is lowered by active quality faults."""
-    drop = np.zeros(ts_s.size)
+# What each customer's deployments serve, so their sampled requests are text of that kind.
+REQUEST_KINDS: dict[str, RequestKind] = {
+    "acme": RequestKind.CHAT,
+    "globex": RequestKind.RAG,
+    "initech": RequestKind.CODE,
+    "umbrella": RequestKind.SUMMARIZATION,
+    "vandelay": RequestKind.RAG,
+}
+
+
+def initial_faults(now: datetime) -> list[Fault]:
+    """The quality faults of INITIAL_QUALITY_FAULTS, starting ``now`` (the history before is healthy)."""
+    return [
+        Fault(
+            deployment_id=deployment_id,
+            kind=FaultKind.QUALITY_DEGRADATION,
+            params={"mode": mode, "drop_pct": drop_pct, "scope": scope},
+            created_at=_utc(now),
+        )
+        for deployment_id, mode, drop_pct, scope in INITIAL_QUALITY_FAULTS
+    ]
+
+
+_KINDS = tuple(RequestKind)
+
+
+def _fault_mode(fault: Fault) -> DegradationMode:
+    """How a quality fault shows in the text: ``params["mode"]``, a broken model version by default."""
+    return DegradationMode(fault.params.get("mode", DegradationMode.HALLUCINATION))
+
+
+@dataclass(frozen=True)
+class _Draws:
+    """Which request each sampled (ts, instance) row is, and how it was answered."""
+
+    t_idx: np.ndarray
+    n_idx: np.ndarray
+    kind_idx: np.ndarray  # index into _KINDS
+    item: np.ndarray  # corpus item
+    mode_idx: np.ndarray  # index into DegradationMode (0: clean)
+
+
+def _draws(fleet: _Fleet, faults: Sequence[Fault], ts_s: np.ndarray) -> _Draws:
+    """Each row's request and answer mode: an active quality fault answers the share of its scope's
+    requests (request_text.degraded_share) that makes mean quality drop by its ``drop_pct``."""
+    t_idx, n_idx = fleet.running(ts_s)
+    ts_rows, keys = ts_s[t_idx], fleet.quality_keys[n_idx]
+    kinds = np.array(
+        [_KINDS.index(REQUEST_KINDS.get(c, RequestKind.CHAT)) for c in fleet.customer_ids], dtype=np.int64
+    )
+    kind_idx = kinds[n_idx] if n_idx.size else np.zeros(0, dtype=np.int64)
+    item = np.floor(_uniform(keys, ts_rows, 40) * ITEMS_PER_KIND).astype(np.int64)
+    degrade_u = _uniform(keys, ts_rows, 41)
+    mode_idx = np.zeros(ts_rows.size, dtype=np.int64)
     for fault in faults:
         if not fault.active or fault.kind != FaultKind.QUALITY_DEGRADATION:
             continue
-        scope = fault.params.get("scope", "all")
+        scope, mode = fault.params.get("scope", "all"), _fault_mode(fault)
         hit = np.array(
             [
                 d.id == fault.deployment_id and (scope != "spot" or i.lifecycle == Lifecycle.SPOT)
@@ -433,39 +592,88 @@ def _quality_drop(fleet: _Fleet, faults: Sequence[Fault], ts_s: np.ndarray, n_id
             ],
             dtype=bool,
         )
-        since = ts_s * 1000 >= _epoch_ms(fault.created_at)
-        drop += np.where(hit[n_idx] & since, float(fault.params.get("drop_pct", 10)) / 100.0, 0.0)
-    return np.minimum(drop, 1.0)
+        drop_pct = float(fault.params.get("drop_pct", 10))
+        share = np.array([degraded_share(k, mode, drop_pct) for k in _KINDS])[kind_idx]
+        since = ts_rows * 1000 >= _epoch_ms(fault.created_at)
+        mode_idx = np.where(
+            hit[n_idx] & since & (degrade_u < share) & (mode_idx == 0), MODE_INDEX[mode], mode_idx
+        )
+    return _Draws(t_idx, n_idx, kind_idx, item, mode_idx)
 
 
-def _quality(fleet: _Fleet, faults: Sequence[Fault], ts_s: np.ndarray) -> pl.DataFrame:
-    t_idx, n_idx = fleet.running(ts_s)
-    ts_rows, keys = ts_s[t_idx], fleet.quality_keys[n_idx]
-    z = [_normal(keys, ts_rows, k) for k in range(3)]
-    drop = _quality_drop(fleet, faults, ts_rows, n_idx)
-    engine_factor = np.array([factor for _, _, factor in fleet.groups])[fleet.group_idx[n_idx]]
-    quality = (QUALITY_MEAN + QUALITY_SD * z[0]) * (1.0 - drop) * engine_factor
-    hallucination = HALLUCINATION_MEAN + HALLUCINATION_SD * z[1] + drop / 2.0
-    toxicity = TOXICITY_MEAN + TOXICITY_SD * np.abs(z[2])
+def _request_ids(fleet: _Fleet, ts_rows: np.ndarray, n_idx: np.ndarray) -> pl.Series:
     ids = pl.Series([i.id for i in fleet.instances], dtype=pl.String).gather(
         pl.Series(n_idx, dtype=pl.UInt32)
     )
-    request_id = (
+    return (
         pl.DataFrame({"i": ids, "t": pl.Series(ts_rows, dtype=pl.Int64)})
         .select(pl.format("q-{}-{}", "i", "t"))
         .to_series()
     )
+
+
+def _quality(fleet: _Fleet, faults: Sequence[Fault], ts_s: np.ndarray) -> pl.DataFrame:
+    """Scores of each sampled request's text (request_text.score_table: the offline scorer's verdict),
+    the quality times the answer's usefulness (which no scorer reads from the text: a noise around
+    QUALITY_MEAN) and the serving model's quality factor of the instance's engine."""
+    d = _draws(fleet, faults, ts_s)
+    ts_rows, keys = ts_s[d.t_idx], fleet.quality_keys[d.n_idx]
+    quality_text, hallucination, toxicity = (np.empty(ts_rows.size) for _ in range(3))
+    for k, kind in enumerate(_KINDS):
+        rows = d.kind_idx == k
+        if rows.any():
+            table = score_table(kind)
+            at = (d.mode_idx[rows], d.item[rows])
+            quality_text[rows] = table.quality[at]
+            hallucination[rows] = table.hallucination[at]
+            toxicity[rows] = table.toxicity[at]
+    usefulness = QUALITY_MEAN + QUALITY_SD * _normal(keys, ts_rows, 0)
+    engine_factor = np.array([factor for _, _, factor in fleet.groups])[fleet.group_idx[d.n_idx]]
     return _frame(
         Domain.QUALITY,
         fleet,
         ts_rows,
-        n_idx,
+        d.n_idx,
         {
-            "request_id": request_id,
-            "quality_score": np.clip(quality, 0.0, 1.0),
+            "request_id": _request_ids(fleet, ts_rows, d.n_idx),
+            "quality_score": np.clip(usefulness * quality_text * engine_factor, 0.0, 1.0),
             "hallucination_score": np.clip(hallucination, 0.0, 1.0),
             "toxicity_score": np.clip(toxicity, 0.0, 1.0),
         },
+    )
+
+
+REQUEST_TEXT_COLUMNS = ("prompt", "context", "response")
+
+
+def request_samples(
+    customers: Sequence[Customer],
+    deployments: Sequence[Deployment],
+    instances: Sequence[Instance],
+    faults: Sequence[Fault],
+    start: datetime,
+    end: datetime,
+    *,
+    seed: int,
+    quality_sample_s: int = 10,
+) -> pl.DataFrame:
+    """The text of the requests :func:`generate` scores in [start, end): the quality frame's keys and
+    request_id with each request's prompt, context and response."""
+    fleet = _Fleet(customers, deployments, instances, seed)
+    text_schema = {n: SCHEMAS[Domain.QUALITY].polars_schema[n] for n in (*KEY_NAMES, "request_id")}
+    text_schema |= dict.fromkeys(REQUEST_TEXT_COLUMNS, pl.String())
+    if not len(fleet) or _epoch_ms(end) <= _epoch_ms(start):
+        return pl.DataFrame(schema=text_schema)
+    ts_s = _grid(start, end, quality_sample_s)
+    d = _draws(fleet, faults, ts_s)
+    modes = tuple(DegradationMode)
+    texts = [
+        render(_KINDS[k], item, modes[m])
+        for k, item, m in zip(d.kind_idx.tolist(), d.item.tolist(), d.mode_idx.tolist(), strict=True)
+    ]
+    keys = _quality(fleet, faults, ts_s).select(*KEY_NAMES, "request_id")  # the same rows, same order
+    return keys.with_columns(
+        pl.Series(name, [getattr(t, name) for t in texts], dtype=pl.String) for name in REQUEST_TEXT_COLUMNS
     )
 
 
@@ -523,3 +731,34 @@ def observe(
         "running_replicas": float(len(running)),
         "spot_replicas": float(sum(i.lifecycle == Lifecycle.SPOT for i in running)),
     }
+
+
+def observe_samples(
+    customers: Sequence[Customer],
+    deployments: Sequence[Deployment],
+    instances: Sequence[Instance],
+    faults: Sequence[Fault],
+    deployment_id: str,
+    at: datetime,
+    seconds: int,
+    canary: Collection[tuple[str, Lifecycle, EngineConfig]],
+    *,
+    seed: int,
+) -> dict[str, list[float]]:
+    """Per-request samples of the next ``seconds`` split into canary (instances in a ``canary`` pool:
+    instance type, lifecycle, engine) and control (the others), for the A/B test between stages:
+    ``quality_canary``, ``quality_control`` (each judged request) and ``latency_canary``,
+    ``latency_control`` (each instance's per-second p95)."""
+    mine = [i for i in instances if i.deployment_id == deployment_id]
+    end = _utc(at) + timedelta(seconds=seconds)
+    frames = generate(customers, deployments, mine, faults, at, end, seed=seed, step_s=1, quality_sample_s=1)
+    in_canary = [i.id for i in mine if (i.instance_type, i.lifecycle, i.engine) in canary]
+    out: dict[str, list[float]] = {}
+    for name, domain, column in (
+        ("quality", Domain.QUALITY, "quality_score"),
+        ("latency", Domain.PERFORMANCE, "latency_p95_ms"),
+    ):
+        frame = frames[domain].with_columns(pl.col("instance_id").is_in(in_canary).alias("__canary"))
+        out[f"{name}_canary"] = frame.filter(pl.col("__canary"))[column].to_list()
+        out[f"{name}_control"] = frame.filter(~pl.col("__canary"))[column].to_list()
+    return out

@@ -25,8 +25,9 @@ def fleet():
 
 def test_initial_fleet_shape(fleet) -> None:
     customers, deployments, instances = fleet
-    assert 3 <= len(customers) <= 4 and 5 <= len(deployments) <= 7
-    assert all(c.auto_approve_max_risk is None for c in customers)
+    assert 3 <= len(customers) <= 6 and len(deployments) >= 5  # each agent adds its situations
+    # Only vandelay writes an auto-approval policy (issue 10: its A/B rollback happens without a click).
+    assert all(c.auto_approve_max_risk is None for c in customers if c.id != "vandelay")
     assert all(i.lifecycle == Lifecycle.ON_DEMAND and i.state == InstanceState.RUNNING for i in instances)
     assert all(i.id.startswith("i-") and len(i.id) == 19 for i in instances)
     assert len({i.id for i in instances}) == len(instances) == sum(d.replicas for d in deployments)
@@ -47,9 +48,25 @@ def test_there_is_a_good_and_a_bad_spot_candidate(fleet) -> None:
     assert good and bad
 
 
+# Deployments built for one agent's situation run outside the normal band on purpose (performance agent:
+# KV pressure, an FP16 model running hot, a batch limit wasting throughput, an over-split model).
+PERFORMANCE_SITUATIONS = {
+    "globex-kv-qwen32b",
+    "acme-fp16-llama8b",
+    "globex-batch16-qwen7b",
+    "acme-tp4-llama8b",
+}
+# Resource agent (issue 9): idle GPUs and small deployments that fit together, under the band on purpose.
+RESOURCE_SITUATIONS = {"initech-idle-mistral7b", "initech-pack-qwen14b-a", "initech-pack-qwen14b-b"}
+# Cost agent (issue 7): an over-provisioned deployment for right-sizing, under the band on purpose.
+COST_SITUATIONS = {"globex-oversized-llama8b"}
+
+
 def test_peak_utilization_is_40_to_70_percent(fleet) -> None:
     _, deployments, _ = fleet
     for d in deployments:
+        if d.id in PERFORMANCE_SITUATIONS | RESOURCE_SITUATIONS | COST_SITUATIONS:
+            continue
         peak_per_replica = d.base_requests_per_s * 1.35 / d.replicas
         assert 0.4 <= peak_per_replica / capacity(d).max_requests_per_s <= 0.7, d.id
 
@@ -162,9 +179,12 @@ def test_quality_degradation_hits_only_its_scope(fleet) -> None:
 
 def test_a_week_at_ten_seconds_has_a_row_per_instance_and_step(fleet) -> None:
     """The backfill's shape (its speed is measured by bench/sandbox_generate.py)."""
-    frames = generate(*fleet, [], NOW - timedelta(days=7), NOW, seed=SEED, step_s=10)
-    assert frames[Domain.PERFORMANCE].height == 7 * 8640 * len(fleet[2])
-    assert frames[Domain.RESOURCE].height == 7 * 8640 * len(fleet[2])
+    start = NOW - timedelta(days=7)
+    frames = generate(*fleet, [], start, NOW, seed=SEED, step_s=10)
+    # Replicas launched within the week (a sandbox scale-up) have rows from their launch on.
+    steps = sum((NOW - max(i.launched_at, start)) // timedelta(seconds=10) for i in fleet[2])
+    assert frames[Domain.PERFORMANCE].height == steps
+    assert frames[Domain.RESOURCE].height == steps
 
 
 def test_synthetic_fleet_is_shaped_like_production_and_repeats() -> None:
