@@ -19,16 +19,14 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from optiinfra_assets.agents import application
+from optiinfra_assets.agents import application, performance
 from optiinfra_assets.agents.capability import (
     Capability,
-    CheckResult,
     Estimate,
     Evidence,
     Objective,
     Proposal,
     Skip,
-    StageContext,
     risk_level,
 )
 from optiinfra_assets.agents.cost import AGENT
@@ -471,22 +469,6 @@ def analyze_right_sizing(
     )
 
 
-def latency_within_slo(ctx: StageContext) -> CheckResult:
-    """Stage check: p95 within the SLO. Right-sizing consolidates load on purpose, so p95 rising above its
-    old baseline is expected (the evidence predicts it); breaking the SLO is what rolls it back."""
-    p95, slo = ctx.observation["latency_p95_ms"], ctx.slo_p95_latency_ms
-    baseline = ctx.baselines.get("latency_p95_ms")
-    passed = p95 <= slo
-    return CheckResult(
-        name="latency",
-        passed=passed,
-        detail=f"p95 {p95:.0f} ms {'is within' if passed else 'breaks'} the SLO of {slo:.0f} ms",
-        value=p95,
-        baseline=None if baseline is None else baseline.median,
-        threshold=slo,
-    )
-
-
 class RightSizing(Capability):
     kind: ClassVar[str] = KIND
     agent: ClassVar[str] = AGENT
@@ -496,7 +478,8 @@ class RightSizing(Capability):
         "p95 load plus a growth margin, with KV cache for the observed concurrency."
     )
     evidence_model = RightSizingEvidence
-    stage_checks = (application.quality_gate, latency_within_slo)
+    # Right-sizing consolidates load on purpose: p95 above its old baseline is planned; the SLO is the line.
+    stage_checks = (application.quality_gate, performance.latency_within_slo)
     valued_by = ("realized_monthly_savings_usd", "latency_p95_delta_pct", "quality_delta_pct")
 
     def analyze(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> Iterator[Proposal | Skip]:
