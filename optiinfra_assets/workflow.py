@@ -38,7 +38,6 @@ from optiinfra_assets.models import (
     Customer,
     Decision,
     DeploymentConfig,
-    ExecutionStatus,
     Lifecycle,
     Recommendation,
     RecommendationStatus,
@@ -165,22 +164,18 @@ def load_snapshot(state: StateStore, metrics: MetricStore, now: datetime) -> Fle
 
 def recent_changes(state: StateStore, since: datetime) -> list[Change]:
     """The changes that finished applying since ``since``, for the application agent to blame a drop on."""
-    changes = []
-    for execution in state.list_executions(ExecutionStatus.SUCCEEDED.value):
-        if execution.finished_at is None or Change._utc(execution.finished_at) < since:
-            continue
-        rec = state.get_recommendation(execution.recommendation_id)
-        changes.append(
-            Change(
-                recommendation_id=rec.id,
-                kind=rec.kind,
-                deployment_id=rec.deployment_id,
-                finished_at=execution.finished_at,
-                before=execution.before or rec.current,
-                after=rec.desired,
-            )
+    return [
+        Change(
+            recommendation_id=rec.id,
+            kind=rec.kind,
+            deployment_id=rec.deployment_id,
+            finished_at=execution.finished_at,
+            before=execution.before or rec.current,
+            after=rec.desired,
         )
-    return changes
+        for execution, rec in state.finished_changes(since)
+        if execution.finished_at is not None
+    ]
 
 
 # ---- one analysis pass -----------------------------------------------------------------------------

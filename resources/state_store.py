@@ -42,7 +42,14 @@ from optiinfra_assets.models import (
     Recommendation,
     RecommendationStatus,
 )
-from resources.audit_chain import GENESIS, AuditVerification, approval_digest, entry_hash, verify_chain
+from resources.audit_chain import (
+    GENESIS,
+    AuditVerification,
+    approval_row_digest,
+    entry_hash,
+    row_entry_hash,
+    verify_chain,
+)
 from resources.errors import StoreUnavailableError, mask_url
 
 metadata = sa.MetaData()
@@ -365,16 +372,7 @@ def _migration_3(conn: Connection) -> None:
     prev, seq = GENESIS, 0
     for row in conn.execute(sa.select(audit_log).order_by(audit_log.c.id)).mappings():
         seq += 1
-        digest = entry_hash(
-            seq=seq,
-            prev_hash=prev,
-            at=row["at"],
-            actor=row["actor"],
-            action=row["action"],
-            entity_type=row["entity_type"],
-            entity_id=row["entity_id"],
-            detail=row["detail"],
-        )
+        digest = row_entry_hash(row, seq=seq, prev_hash=prev)
         conn.execute(
             audit_log.update().where(audit_log.c.id == row["id"]).values(seq=seq, prev_hash=prev, hash=digest)
         )
@@ -390,20 +388,8 @@ def _migration_3(conn: Connection) -> None:
             "seal_approval",
             "recommendation",
             approval["recommendation_id"],
-            {"approval_id": approval["id"], "approval_sha256": _approval_sha256(approval)},
+            {"approval_id": approval["id"], "approval_sha256": approval_row_digest(approval)},
         )
-
-
-def _approval_sha256(row: sa.RowMapping) -> str:
-    return approval_digest(
-        id=row["id"],
-        recommendation_id=row["recommendation_id"],
-        decision=row["decision"],
-        decided_by=row["decided_by"],
-        comment=row["comment"],
-        at=row["at"],
-        via=row["via"],
-    )
 
 
 # Append new migrations here; never edit an applied one.
@@ -905,7 +891,7 @@ class StateStore:
                 stored = (
                     conn.execute(sa.select(approvals).where(approvals.c.id == approval_id)).mappings().one()
                 )
-                seal = {"approval_id": int(approval_id), "approval_sha256": _approval_sha256(stored)}
+                seal = {"approval_id": int(approval_id), "approval_sha256": approval_row_digest(stored)}
                 self._audit(
                     conn,
                     by,
@@ -1089,6 +1075,31 @@ class StateStore:
             query = query.where(executions.c.status == ExecutionStatus(status))
         with self._begin() as conn:
             return [self._execution_from_row(r) for r in conn.execute(query).mappings()]
+
+    def finished_changes(self, since: datetime) -> list[tuple[Execution, Recommendation]]:
+        """Every execution that succeeded since ``since``, with its recommendation: one joined query."""
+        query = (
+            sa.select(
+                executions,
+                recommendations.c.body.label("rec_body"),
+                recommendations.c.status.label("rec_status"),
+                recommendations.c.decided_by,
+                recommendations.c.decided_at,
+                recommendations.c.decision_comment,
+            )
+            .join(recommendations, recommendations.c.id == executions.c.recommendation_id)
+            .where(executions.c.status == ExecutionStatus.SUCCEEDED, executions.c.finished_at >= since)
+            .order_by(executions.c.finished_at)
+        )
+        with self._begin() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            (
+                self._execution_from_row(row),
+                self._rec_from_row({**row, "body": row["rec_body"], "status": row["rec_status"]}),
+            )
+            for row in rows
+        ]
 
     # ---- outcomes and audit ---------------------------------------------------------------------
 

@@ -179,6 +179,24 @@ def test_execution_is_created_once(state: StateStore) -> None:
     assert again.run_id == "run-a" and again.stage == 10 and again.status is ExecutionStatus.RUNNING
 
 
+def test_finished_changes_are_the_succeeded_executions_since_with_their_recommendations(
+    state: StateStore,
+) -> None:
+    _seed(state)
+    for rec_id, status, finished in (
+        ("rec-old", ExecutionStatus.SUCCEEDED, NOW - timedelta(days=9)),
+        ("rec-new", ExecutionStatus.SUCCEEDED, NOW - timedelta(hours=2)),
+        ("rec-back", ExecutionStatus.ROLLED_BACK, NOW - timedelta(hours=1)),
+    ):
+        assert state.add_recommendation(_rec(rec_id, kind=f"kind-{rec_id}"))
+        execution = state.start_execution(rec_id, f"run-{rec_id}", CONFIG, NOW - timedelta(days=10))
+        execution.status, execution.finished_at = status, finished
+        state.save_execution(execution)
+    [(execution, rec)] = state.finished_changes(NOW - timedelta(days=7))
+    assert rec.id == execution.recommendation_id == "rec-new" and rec.kind == "kind-rec-new"
+    assert execution.finished_at == NOW - timedelta(hours=2) and execution.before == CONFIG
+
+
 def test_audit_log_is_append_only(state: StateStore) -> None:
     state.audit("alice", "note", "test", "x", {"a": 1})
     with pytest.raises(sa.exc.DBAPIError, match="append-only"), state.engine.begin() as conn:
