@@ -80,6 +80,33 @@ def approval_digest(
     )
 
 
+def row_entry_hash(row: Mapping[str, Any], *, seq: int, prev_hash: str) -> str:
+    """The :func:`entry_hash` of a row of audit_log chained at ``seq`` after ``prev_hash``."""
+    return entry_hash(
+        seq=seq,
+        prev_hash=prev_hash,
+        at=row["at"],
+        actor=row["actor"],
+        action=row["action"],
+        entity_type=row["entity_type"],
+        entity_id=row["entity_id"],
+        detail=row["detail"],
+    )
+
+
+def approval_row_digest(row: Mapping[str, Any]) -> str:
+    """The :func:`approval_digest` of a row of the approvals table."""
+    return approval_digest(
+        id=row["id"],
+        recommendation_id=row["recommendation_id"],
+        decision=row["decision"],
+        decided_by=row["decided_by"],
+        comment=row["comment"],
+        at=row["at"],
+        via=row["via"],
+    )
+
+
 class AuditVerification(BaseModel):
     """The result of :func:`verify_chain`: ``ok``, or the first broken link in words."""
 
@@ -99,17 +126,7 @@ def _entry_problem(row: Mapping[str, Any], expected_seq: int, prev: str) -> str 
         return f"{where} has seq {row['seq']}, expected {expected_seq}: an entry is missing or inserted"
     if row["prev_hash"] != prev:
         return f"{where} (seq {row['seq']}) does not follow the entry before it"
-    recomputed = entry_hash(
-        seq=row["seq"],
-        prev_hash=row["prev_hash"],
-        at=row["at"],
-        actor=row["actor"],
-        action=row["action"],
-        entity_type=row["entity_type"],
-        entity_id=row["entity_id"],
-        detail=row["detail"],
-    )
-    if recomputed != row["hash"]:
+    if row_entry_hash(row, seq=row["seq"], prev_hash=row["prev_hash"]) != row["hash"]:
         return f"{where} (seq {row['seq']}) was changed after it was written"
     return None
 
@@ -147,15 +164,7 @@ def verify_chain(
     checked = 0
     for approval in approvals:
         checked += 1
-        digest = approval_digest(
-            id=approval["id"],
-            recommendation_id=approval["recommendation_id"],
-            decision=approval["decision"],
-            decided_by=approval["decided_by"],
-            comment=approval["comment"],
-            at=approval["at"],
-            via=approval["via"],
-        )
+        digest = approval_row_digest(approval)
         what = f"approval #{approval['id']} of {approval['recommendation_id']!r}"
         if approval["id"] not in sealed:
             return AuditVerification(

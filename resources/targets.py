@@ -17,7 +17,16 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from optiinfra_assets.catalog import instance_type
-from optiinfra_assets.models import DeploymentConfig, EngineConfig, Instance, InstanceState, Lifecycle
+from optiinfra_assets.models import (
+    Customer,
+    Deployment,
+    DeploymentConfig,
+    EngineConfig,
+    Fault,
+    Instance,
+    InstanceState,
+    Lifecycle,
+)
 from optiinfra_assets.sandbox import new_instance_id, observe, observe_samples, pick_az
 from optiinfra_assets.serving import validate_config
 from resources.state_store import StateStore
@@ -110,31 +119,26 @@ class SandboxTarget:
     def current(self, deployment_id: str) -> DeploymentConfig:
         return self.state.get_deployment(deployment_id).config
 
-    def observe(self, deployment_id: str, seconds: int) -> dict[str, float]:
-        return observe(
+    def _fleet(
+        self, deployment_id: str
+    ) -> tuple[list[Customer], list[Deployment], list[Instance], list[Fault]]:
+        """What the sandbox simulates a deployment from: the customers, deployments, and its instances
+        (ended ones too) and faults."""
+        return (
             self.state.list_customers(),
             self.state.list_deployments(),
             self.state.list_instances(deployment_id, include_ended=True),
             self.state.list_faults(deployment_id),
-            deployment_id,
-            self.clock(),
-            seconds,
-            seed=self.seed,
         )
+
+    def observe(self, deployment_id: str, seconds: int) -> dict[str, float]:
+        return observe(*self._fleet(deployment_id), deployment_id, self.clock(), seconds, seed=self.seed)
 
     def observe_samples(
         self, deployment_id: str, seconds: int, canary: Collection[Pool]
     ) -> dict[str, list[float]]:
         return observe_samples(
-            self.state.list_customers(),
-            self.state.list_deployments(),
-            self.state.list_instances(deployment_id, include_ended=True),
-            self.state.list_faults(deployment_id),
-            deployment_id,
-            self.clock(),
-            seconds,
-            canary,
-            seed=self.seed,
+            *self._fleet(deployment_id), deployment_id, self.clock(), seconds, canary, seed=self.seed
         )
 
     # ---- changing ------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar
@@ -147,6 +147,36 @@ class Capability(ABC):
             "replicas_log": _clamp01(math.log10(1.0 + proposal.desired.replicas) / 3.0),
             "risk_score": proposal.risk_score,
         }
+
+
+class PerDeploymentCapability(Capability):
+    """A capability that judges each deployment on its own (most do; consolidation needs the whole fleet).
+
+    ``analyze`` walks the fleet once: a deployment of an unknown customer is skipped, one with a change
+    under way is skipped when ``change_under_way`` gives a reason, and every other one goes to
+    ``analyze_deployment``, whose reason string becomes the deployment's :class:`Skip`.
+    """
+
+    # The skip reason for a deployment whose rollout is still going; None: looked at like any other.
+    change_under_way: ClassVar[str | None] = None
+
+    def analyze(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> Iterator[Proposal | Skip]:
+        for deployment in snapshot.deployments:
+            customer = snapshot.customer_by_id.get(deployment.customer_id)
+            if customer is None:
+                yield Skip(deployment_id=deployment.id, reason=f"unknown customer '{deployment.customer_id}'")
+                continue
+            if self.change_under_way is not None and deployment.rollout_to is not None:
+                yield Skip(deployment_id=deployment.id, reason=self.change_under_way)
+                continue
+            outcome = self.analyze_deployment(snapshot, customer, deployment, settings)
+            yield Skip(deployment_id=deployment.id, reason=outcome) if isinstance(outcome, str) else outcome
+
+    @abstractmethod
+    def analyze_deployment(
+        self, snapshot: FleetSnapshot, customer: Customer, deployment: Deployment, settings: DecisionSettings
+    ) -> Proposal | Skip | str:
+        """The proposal for one deployment of a known customer, or why there is none. Pure."""
 
 
 class Finding(BaseModel):

@@ -105,6 +105,54 @@ def _p_value(test: str, a: np.ndarray, b: np.ndarray, alternative: Literal["less
     return float(p) if np.isfinite(p) else 1.0
 
 
+def _change_pct(canary: float, control: float) -> float:
+    """The canary's figure relative to the control's, in percent (0 without a positive control)."""
+    return 0.0 if control <= 0 else (canary - control) / control * 100.0
+
+
+def _result_fields(
+    *,
+    metric: str,
+    test: str,
+    threshold_pct: float,
+    alpha: float,
+    look: int,
+    looks: int,
+    a: np.ndarray,
+    b: np.ndarray,
+    canary: float,
+    control: float,
+) -> dict[str, object]:
+    """What every ABResult of a comparison carries: the test, the look and both arms' figures."""
+    return {
+        "metric": metric,
+        "test": test,
+        "look": look,
+        "looks": looks,
+        "alpha": alpha,
+        "nominal_alpha": nominal_alpha(alpha, look, looks),
+        "n_canary": int(a.size),
+        "n_control": int(b.size),
+        "canary": round(canary, 6),
+        "control": round(control, 6),
+        "change_pct": round(_change_pct(canary, control), 4),
+        "threshold_pct": threshold_pct,
+    }
+
+
+def _too_few_samples(
+    a: np.ndarray, b: np.ndarray, min_samples: int, fields: dict[str, object]
+) -> ABResult | None:
+    """The insufficient-samples result when either arm has fewer than ``min_samples``, else None."""
+    if min(a.size, b.size) >= min_samples:
+        return None
+    detail = (
+        f"{a.size} canary and {b.size} control samples, fewer than the {min_samples} needed in each: "
+        "nothing concluded"
+    )
+    return ABResult(verdict=Verdict.INSUFFICIENT_SAMPLES, detail=detail, **fields)
+
+
 def compare_quality(
     canary: Sequence[float],
     control: Sequence[float],
@@ -129,27 +177,22 @@ def compare_quality(
     level = nominal_alpha(alpha, look, looks)
     mean_a = float(a.mean()) if a.size else 0.0
     mean_b = float(b.mean()) if b.size else 0.0
-    change = 0.0 if mean_b <= 0 else (mean_a - mean_b) / mean_b * 100.0
-    common = {
-        "metric": metric,
-        "test": f"{_TEST_NAMES[test]} (one-sided), O'Brien-Fleming alpha spending",
-        "look": look,
-        "looks": looks,
-        "alpha": alpha,
-        "nominal_alpha": level,
-        "n_canary": int(a.size),
-        "n_control": int(b.size),
-        "canary": round(mean_a, 6),
-        "control": round(mean_b, 6),
-        "change_pct": round(change, 4),
-        "threshold_pct": max_drop_pct,
-    }
-    if min(a.size, b.size) < min_samples:
-        detail = (
-            f"{a.size} canary and {b.size} control samples, fewer than the {min_samples} needed in each: "
-            "nothing concluded"
-        )
-        return ABResult(verdict=Verdict.INSUFFICIENT_SAMPLES, detail=detail, **common)
+    change = _change_pct(mean_a, mean_b)
+    common = _result_fields(
+        metric=metric,
+        test=f"{_TEST_NAMES[test]} (one-sided), O'Brien-Fleming alpha spending",
+        threshold_pct=max_drop_pct,
+        alpha=alpha,
+        look=look,
+        looks=looks,
+        a=a,
+        b=b,
+        canary=mean_a,
+        control=mean_b,
+    )
+    too_few = _too_few_samples(a, b, min_samples, common)
+    if too_few is not None:
+        return too_few
     worse = _p_value(test, a, b, "less")
     no_worse = _p_value(test, a, b * (1.0 - max_drop_pct / 100.0), "greater")
     drop = -change
@@ -193,27 +236,22 @@ def compare_latency(
     level = nominal_alpha(alpha, look, looks)
     q_a = float(np.quantile(a, quantile)) if a.size else 0.0
     q_b = float(np.quantile(b, quantile)) if b.size else 0.0
-    change = 0.0 if q_b <= 0 else (q_a - q_b) / q_b * 100.0
-    common = {
-        "metric": metric,
-        "test": f"bootstrap interval of the p{quantile * 100:g} ratio, O'Brien-Fleming alpha spending",
-        "look": look,
-        "looks": looks,
-        "alpha": alpha,
-        "nominal_alpha": level,
-        "n_canary": int(a.size),
-        "n_control": int(b.size),
-        "canary": round(q_a, 6),
-        "control": round(q_b, 6),
-        "change_pct": round(change, 4),
-        "threshold_pct": max_increase_pct,
-    }
-    if min(a.size, b.size) < min_samples:
-        detail = (
-            f"{a.size} canary and {b.size} control samples, fewer than the {min_samples} needed in each: "
-            "nothing concluded"
-        )
-        return ABResult(verdict=Verdict.INSUFFICIENT_SAMPLES, detail=detail, **common)
+    change = _change_pct(q_a, q_b)
+    common = _result_fields(
+        metric=metric,
+        test=f"bootstrap interval of the p{quantile * 100:g} ratio, O'Brien-Fleming alpha spending",
+        threshold_pct=max_increase_pct,
+        alpha=alpha,
+        look=look,
+        looks=looks,
+        a=a,
+        b=b,
+        canary=q_a,
+        control=q_b,
+    )
+    too_few = _too_few_samples(a, b, min_samples, common)
+    if too_few is not None:
+        return too_few
     rng = np.random.default_rng(seed)
     boot_a = np.quantile(a[rng.integers(0, a.size, (n_boot, a.size))], quantile, axis=1)
     boot_b = np.quantile(b[rng.integers(0, b.size, (n_boot, b.size))], quantile, axis=1)

@@ -26,6 +26,7 @@ import polars as pl
 from optiinfra_assets.agents.anomaly import detect
 from optiinfra_assets.agents.application import AGENT
 from optiinfra_assets.agents.capability import Detector, Finding
+from optiinfra_assets.agents.findings import hourly_series
 from optiinfra_assets.config import DecisionSettings
 from optiinfra_assets.models import Risk
 from optiinfra_assets.snapshot import FleetSnapshot
@@ -112,10 +113,7 @@ class QualityDrift(Detector):
 
     def detect(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> list[Finding]:
         findings: list[Finding] = []
-        for deployment in snapshot.deployments:
-            rows = snapshot.hourly_of("quality", deployment.id)
-            if rows.height <= MIN_HISTORY_HOURS:
-                continue
+        for deployment, rows in hourly_series(snapshot, "quality", min_hours=MIN_HISTORY_HOURS + 1):
             hours = rows["hour"].to_numpy()
             for watched in _WATCHED:
                 if watched.column not in rows.columns:

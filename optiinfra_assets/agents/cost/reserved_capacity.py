@@ -19,7 +19,7 @@ is assumed to last for its whole term, so a 3-year term must save enough within 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -32,12 +32,11 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
 from optiinfra_assets.agents.capability import (
-    Capability,
     Estimate,
     Evidence,
     Objective,
+    PerDeploymentCapability,
     Proposal,
-    Skip,
     risk_level,
 )
 from optiinfra_assets.agents.cost import AGENT
@@ -510,7 +509,7 @@ def risk_of(evidence: ReservedCapacityEvidence) -> float:
     return min(1.0, base + (0.1 if evidence.history_days < 30 else 0.0))
 
 
-class ReservedCapacity(Capability):
+class ReservedCapacity(PerDeploymentCapability):
     kind: ClassVar[str] = KIND
     agent: ClassVar[str] = AGENT
     objective: ClassVar[Objective] = Objective.COST
@@ -523,43 +522,38 @@ class ReservedCapacity(Capability):
     advice_only: ClassVar[bool] = True
     valued_by = ("realized_monthly_savings_usd",)
 
-    def analyze(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> Iterator[Proposal | Skip]:
-        for deployment in snapshot.deployments:
-            customer = snapshot.customer_by_id.get(deployment.customer_id)
-            if customer is None:
-                yield Skip(deployment_id=deployment.id, reason=f"unknown customer '{deployment.customer_id}'")
-                continue
-            if deployment.rollout_to is not None:
-                yield Skip(deployment_id=deployment.id, reason="a change is under way: wait for it to settle")
-                continue
-            usage = snapshot.hourly_of(USAGE, deployment.id)
-            result = analyze_reserved_capacity(customer, deployment, usage, snapshot.taken_at, settings)
-            if isinstance(result, str):
-                yield Skip(deployment_id=deployment.id, reason=result)
-                continue
-            score = risk_of(result)
-            risk = risk_level(score, settings)
-            bought = ", ".join(
-                [f"{n} x {result.instance_type} {name}" for name, n in result.reserved_instances.items()]
-                + [f"{name} ${usd:.2f}/h" for name, usd in result.savings_plans_usd_hour.items()]
-            )
-            summary = (
-                f"Commit to {bought} for {deployment.id}: saves ${result.monthly_savings_usd:,.0f}/month "
-                f"({result.savings_pct:.0f}%), break-even "
-                + (f"month {result.break_even_month}" if result.break_even_month else "beyond the term")
-                + f"; {risk.value} risk ({result.worth_it_at} usage). Advice only."
-            )
-            yield Proposal(
-                kind=KIND,
-                customer_id=customer.id,
-                deployment_id=deployment.id,
-                current=deployment.config,
-                desired=deployment.config,
-                evidence=result,
-                estimate=Estimate(monthly_savings_usd=result.monthly_savings_usd),
-                risk_score=round(score, 4),
-                summary=summary,
-            )
+    change_under_way = "a change is under way: wait for it to settle"
+
+    def analyze_deployment(
+        self, snapshot: FleetSnapshot, customer: Customer, deployment: Deployment, settings: DecisionSettings
+    ) -> Proposal | str:
+        usage = snapshot.hourly_of(USAGE, deployment.id)
+        result = analyze_reserved_capacity(customer, deployment, usage, snapshot.taken_at, settings)
+        if isinstance(result, str):
+            return result
+        score = risk_of(result)
+        risk = risk_level(score, settings)
+        bought = ", ".join(
+            [f"{n} x {result.instance_type} {name}" for name, n in result.reserved_instances.items()]
+            + [f"{name} ${usd:.2f}/h" for name, usd in result.savings_plans_usd_hour.items()]
+        )
+        summary = (
+            f"Commit to {bought} for {deployment.id}: saves ${result.monthly_savings_usd:,.0f}/month "
+            f"({result.savings_pct:.0f}%), break-even "
+            + (f"month {result.break_even_month}" if result.break_even_month else "beyond the term")
+            + f"; {risk.value} risk ({result.worth_it_at} usage). Advice only."
+        )
+        return Proposal(
+            kind=KIND,
+            customer_id=customer.id,
+            deployment_id=deployment.id,
+            current=deployment.config,
+            desired=deployment.config,
+            evidence=result,
+            estimate=Estimate(monthly_savings_usd=result.monthly_savings_usd),
+            risk_score=round(score, 4),
+            summary=summary,
+        )
 
 
 __all__ = [

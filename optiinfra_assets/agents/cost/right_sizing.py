@@ -11,7 +11,6 @@ best feasible config found cannot win. Every candidate is listed in the evidence
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import ClassVar, Literal
@@ -21,12 +20,11 @@ from pydantic import BaseModel, Field
 
 from optiinfra_assets.agents import application, performance
 from optiinfra_assets.agents.capability import (
-    Capability,
     Estimate,
     Evidence,
     Objective,
+    PerDeploymentCapability,
     Proposal,
-    Skip,
     risk_level,
 )
 from optiinfra_assets.agents.cost import AGENT
@@ -469,7 +467,7 @@ def analyze_right_sizing(
     )
 
 
-class RightSizing(Capability):
+class RightSizing(PerDeploymentCapability):
     kind: ClassVar[str] = KIND
     agent: ClassVar[str] = AGENT
     objective: ClassVar[Objective] = Objective.COST
@@ -482,26 +480,18 @@ class RightSizing(Capability):
     stage_checks = (application.quality_gate, performance.latency_within_slo)
     valued_by = ("realized_monthly_savings_usd", "latency_p95_delta_pct", "quality_delta_pct")
 
-    def analyze(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> Iterator[Proposal | Skip]:
-        for deployment in snapshot.deployments:
-            customer = snapshot.customer_by_id.get(deployment.customer_id)
-            if customer is None:
-                yield Skip(deployment_id=deployment.id, reason=f"unknown customer '{deployment.customer_id}'")
-                continue
-            if deployment.rollout_to is not None:
-                yield Skip(deployment_id=deployment.id, reason="a change is under way")
-                continue
-            load = snapshot.baseline(deployment.id, "requests_per_s")
-            kv = snapshot.baseline(deployment.id, "kv_cache_usage")
-            if load is None or load.n == 0 or load.p95 <= 0:
-                yield Skip(deployment_id=deployment.id, reason="no load baseline (requests_per_s) yet")
-                continue
-            kv_p95 = kv.p95 if kv is not None and kv.n else 0.0
-            result = analyze_right_sizing(customer, deployment, load.p95, kv_p95, settings)
-            if isinstance(result, str):
-                yield Skip(deployment_id=deployment.id, reason=result)
-                continue
-            yield self._proposal(deployment, result)
+    change_under_way = "a change is under way"
+
+    def analyze_deployment(
+        self, snapshot: FleetSnapshot, customer: Customer, deployment: Deployment, settings: DecisionSettings
+    ) -> Proposal | str:
+        load = snapshot.baseline(deployment.id, "requests_per_s")
+        kv = snapshot.baseline(deployment.id, "kv_cache_usage")
+        if load is None or load.n == 0 or load.p95 <= 0:
+            return "no load baseline (requests_per_s) yet"
+        kv_p95 = kv.p95 if kv is not None and kv.n else 0.0
+        result = analyze_right_sizing(customer, deployment, load.p95, kv_p95, settings)
+        return result if isinstance(result, str) else self._proposal(deployment, result)
 
     def _proposal(self, deployment: Deployment, evidence: RightSizingEvidence) -> Proposal:
         current, proposed = deployment.config, evidence.proposed

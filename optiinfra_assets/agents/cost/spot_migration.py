@@ -7,19 +7,17 @@ comes from the deployment's learned p95 baseline. Everything here is plain, expl
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from optiinfra_assets.agents import application, performance
 from optiinfra_assets.agents.capability import (
-    Capability,
     Estimate,
     Evidence,
     Objective,
+    PerDeploymentCapability,
     Proposal,
-    Skip,
     risk_level,
 )
 from optiinfra_assets.agents.cost import AGENT
@@ -223,7 +221,7 @@ def spot_scenario_features(evidence: SpotMigrationEvidence) -> dict[str, float]:
     }
 
 
-class SpotMigration(Capability):
+class SpotMigration(PerDeploymentCapability):
     kind: ClassVar[str] = KIND
     agent: ClassVar[str] = AGENT
     objective: ClassVar[Objective] = Objective.COST
@@ -234,19 +232,15 @@ class SpotMigration(Capability):
     stage_checks = (application.quality_gate, performance.latency_slo)
     valued_by = ("realized_monthly_savings_usd", "quality_delta_pct", "latency_p95_delta_pct")
 
-    def analyze(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> Iterator[Proposal | Skip]:
-        for deployment in snapshot.deployments:
-            customer = snapshot.customer_by_id.get(deployment.customer_id)
-            if customer is None:
-                yield Skip(deployment_id=deployment.id, reason=f"unknown customer '{deployment.customer_id}'")
-                continue
-            running = snapshot.running_by_deployment.get(deployment.id, [])
-            latency = snapshot.baseline(deployment.id, "latency_p95_ms")
-            evidence = analyze_spot_migration(customer, deployment, running, latency, settings)
-            if not evidence.eligible:
-                yield Skip(deployment_id=deployment.id, reason="not eligible: " + "; ".join(evidence.reasons))
-                continue
-            yield self._proposal(deployment, evidence)
+    def analyze_deployment(
+        self, snapshot: FleetSnapshot, customer: Customer, deployment: Deployment, settings: DecisionSettings
+    ) -> Proposal | str:
+        running = snapshot.running_by_deployment.get(deployment.id, [])
+        latency = snapshot.baseline(deployment.id, "latency_p95_ms")
+        evidence = analyze_spot_migration(customer, deployment, running, latency, settings)
+        if not evidence.eligible:
+            return "not eligible: " + "; ".join(evidence.reasons)
+        return self._proposal(deployment, evidence)
 
     def _proposal(self, deployment: Deployment, evidence: SpotMigrationEvidence) -> Proposal:
         # Configs are desired states: the recorded one, and the same with every replica on spot.

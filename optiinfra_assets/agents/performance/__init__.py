@@ -10,10 +10,10 @@ from functools import cache
 from pydantic import BaseModel
 
 from optiinfra_assets.agents.baselines import is_anomalous
-from optiinfra_assets.agents.capability import CheckResult, StageContext, ValidationRequest
+from optiinfra_assets.agents.capability import CheckResult, Proposal, StageContext, ValidationRequest
 from optiinfra_assets.catalog import instance_type, model
 from optiinfra_assets.config import DecisionSettings
-from optiinfra_assets.models import DeploymentConfig, EngineConfig, Estimate, Validation
+from optiinfra_assets.models import Deployment, DeploymentConfig, EngineConfig, Estimate, Evidence, Validation
 from optiinfra_assets.serving import (
     ConfigError,
     ServingCapacity,
@@ -361,6 +361,33 @@ def change_risk(after: ConfigForecast, quality_drop_pct: float, settings: Decisi
     utilization after the change (how little room is left if the prediction is optimistic)."""
     quality = min(1.0, max(0.0, quality_drop_pct) / settings.max_quality_drop_pct)
     return round(min(1.0, 0.15 + 0.45 * quality + 0.4 * min(1.0, after.utilization)), 4)
+
+
+def forecast_proposal(
+    kind: str,
+    deployment: Deployment,
+    desired: DeploymentConfig,
+    evidence: Evidence,
+    summary: str,
+    before: ConfigForecast,
+    after: ConfigForecast,
+    settings: DecisionSettings,
+    quality_drop_pct: float = 0.0,
+    estimate: Estimate | None = None,
+) -> Proposal:
+    """A performance change of ``deployment`` to ``desired`` as a Proposal: estimated (unless ``estimate`` is
+    given) and risk-scored from the two forecasts at the same peak load."""
+    return Proposal(
+        kind=kind,
+        customer_id=deployment.customer_id,
+        deployment_id=deployment.id,
+        current=deployment.config,
+        desired=desired,
+        evidence=evidence,
+        estimate=change_estimate(before, after) if estimate is None else estimate,
+        risk_score=change_risk(after, quality_drop_pct, settings),
+        summary=summary,
+    )
 
 
 def kv_holdable_concurrency(forecast: ConfigForecast, workload: Workload = TYPICAL_WORKLOAD) -> int:

@@ -9,20 +9,18 @@ runs over the planned utilization or p95 is near the SLO at its peak.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel
 
 from optiinfra_assets.agents import performance
-from optiinfra_assets.agents.capability import Capability, Evidence, Objective, Proposal, Skip
+from optiinfra_assets.agents.capability import Evidence, Objective, PerDeploymentCapability, Proposal
 from optiinfra_assets.agents.performance import (
     AGENT,
     ConfigForecast,
     Predicted,
-    change_estimate,
-    change_risk,
     forecast_config,
+    forecast_proposal,
     kv_holdable_concurrency,
     observed_peak_requests_per_s,
     with_engine,
@@ -96,7 +94,7 @@ def frontier(
     return sorted(points, key=lambda p: (-p[2].replica_capacity_rps, p[2].p95_ms))
 
 
-class BatchTuning(Capability):
+class BatchTuning(PerDeploymentCapability):
     kind: ClassVar[str] = KIND
     agent: ClassVar[str] = AGENT
     objective: ClassVar[Objective] = Objective.PERFORMANCE
@@ -109,21 +107,9 @@ class BatchTuning(Capability):
     stage_checks = (performance.latency_slo_or_recovering,)
     valued_by = ("latency_p95_delta_pct", "utilization_delta_pct", "quality_delta_pct")
 
-    def analyze(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> Iterator[Proposal | Skip]:
-        for deployment in snapshot.deployments:
-            outcome = self._analyze_one(snapshot, deployment, settings)
-            yield (
-                outcome
-                if isinstance(outcome, Proposal)
-                else Skip(deployment_id=deployment.id, reason=outcome)
-            )
-
-    def _analyze_one(
-        self, snapshot: FleetSnapshot, deployment: Deployment, settings: DecisionSettings
+    def analyze_deployment(
+        self, snapshot: FleetSnapshot, customer: Customer, deployment: Deployment, settings: DecisionSettings
     ) -> Proposal | str:
-        customer = snapshot.customer_by_id.get(deployment.customer_id)
-        if customer is None:
-            return f"unknown customer '{deployment.customer_id}'"
         baselines = snapshot.baselines.get(deployment.id, {})
         peak = observed_peak_requests_per_s(baselines, deployment.replicas, settings)
         if peak is None:
@@ -179,14 +165,4 @@ class BatchTuning(Capability):
             f"Retune the batch limits of {deployment.id} ({deployment.model}): {changed}; capacity "
             f"+{gain:.0f}%, p95 at peak {was.p95_ms / 1e3:.1f} s -> {now.p95_ms / 1e3:.1f} s."
         )
-        return Proposal(
-            kind=KIND,
-            customer_id=deployment.customer_id,
-            deployment_id=deployment.id,
-            current=deployment.config,
-            desired=desired,
-            evidence=evidence,
-            estimate=change_estimate(before, after),
-            risk_score=change_risk(after, 0.0, settings),
-            summary=summary,
-        )
+        return forecast_proposal(KIND, deployment, desired, evidence, summary, before, after, settings)

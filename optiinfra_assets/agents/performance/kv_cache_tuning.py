@@ -15,22 +15,21 @@ from itertools import product
 from typing import ClassVar, Literal
 
 from optiinfra_assets.agents import application, performance
-from optiinfra_assets.agents.capability import Capability, Evidence, Objective, Proposal, Skip
+from optiinfra_assets.agents.capability import Evidence, Objective, PerDeploymentCapability, Proposal
 from optiinfra_assets.agents.performance import (
     AGENT,
     ConfigForecast,
     Predicted,
-    change_estimate,
-    change_risk,
     expected_quality_drop_pct,
     forecast_config,
+    forecast_proposal,
     gain_pct,
     kv_holdable_concurrency,
     observed_peak_requests_per_s,
     with_engine,
 )
 from optiinfra_assets.config import DecisionSettings
-from optiinfra_assets.models import Deployment, DeploymentConfig, KvCacheDtype
+from optiinfra_assets.models import Customer, Deployment, DeploymentConfig, KvCacheDtype
 from optiinfra_assets.snapshot import FleetSnapshot
 
 KIND = "kv_cache_tuning"
@@ -111,7 +110,7 @@ def tune_kv_cache(
     return config, before, after, tried
 
 
-class KvCacheTuning(Capability):
+class KvCacheTuning(PerDeploymentCapability):
     kind: ClassVar[str] = KIND
     agent: ClassVar[str] = AGENT
     objective: ClassVar[Objective] = Objective.PERFORMANCE
@@ -124,28 +123,22 @@ class KvCacheTuning(Capability):
     stage_checks = (application.quality_gate, performance.latency_slo_or_recovering)
     valued_by = ("latency_p95_delta_pct", "quality_delta_pct", "utilization_delta_pct")
 
-    def analyze(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> Iterator[Proposal | Skip]:
-        for deployment in snapshot.deployments:
-            baselines = snapshot.baselines.get(deployment.id, {})
-            kv = baselines.get("kv_cache_usage")
-            if kv is None or kv.n == 0:
-                yield Skip(deployment_id=deployment.id, reason="no KV-cache usage baseline yet")
-                continue
-            if kv.p95 < settings.kv_pressure_usage:
-                yield Skip(
-                    deployment_id=deployment.id,
-                    reason=f"KV cache p95 {kv.p95:.0%} is under the {settings.kv_pressure_usage:.0%} of pressure",
-                )
-                continue
-            peak = observed_peak_requests_per_s(baselines, deployment.replicas, settings)
-            if peak is None:
-                yield Skip(deployment_id=deployment.id, reason="no load baseline to size the KV cache for")
-                continue
-            tuned = tune_kv_cache(deployment, peak, settings)
-            if isinstance(tuned, str):
-                yield Skip(deployment_id=deployment.id, reason=tuned)
-                continue
-            yield self._proposal(deployment, kv.p95, kv.median, peak, *tuned, settings)
+    def analyze_deployment(
+        self, snapshot: FleetSnapshot, customer: Customer, deployment: Deployment, settings: DecisionSettings
+    ) -> Proposal | str:
+        baselines = snapshot.baselines.get(deployment.id, {})
+        kv = baselines.get("kv_cache_usage")
+        if kv is None or kv.n == 0:
+            return "no KV-cache usage baseline yet"
+        if kv.p95 < settings.kv_pressure_usage:
+            return f"KV cache p95 {kv.p95:.0%} is under the {settings.kv_pressure_usage:.0%} of pressure"
+        peak = observed_peak_requests_per_s(baselines, deployment.replicas, settings)
+        if peak is None:
+            return "no load baseline to size the KV cache for"
+        tuned = tune_kv_cache(deployment, peak, settings)
+        if isinstance(tuned, str):
+            return tuned
+        return self._proposal(deployment, kv.p95, kv.median, peak, *tuned, settings)
 
     def _proposal(
         self,
@@ -189,14 +182,6 @@ class KvCacheTuning(Capability):
             f"{now.max_concurrency} per replica, predicted p95 at peak {was.p95_ms / 1e3:.1f} s -> "
             f"{now.p95_ms / 1e3:.1f} s."
         )
-        return Proposal(
-            kind=KIND,
-            customer_id=deployment.customer_id,
-            deployment_id=deployment.id,
-            current=current,
-            desired=desired,
-            evidence=evidence,
-            estimate=change_estimate(before, after),
-            risk_score=change_risk(after, quality_drop, settings),
-            summary=summary,
+        return forecast_proposal(
+            KIND, deployment, desired, evidence, summary, before, after, settings, quality_drop
         )

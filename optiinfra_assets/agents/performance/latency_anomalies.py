@@ -12,8 +12,8 @@ from typing import ClassVar, Literal
 import numpy as np
 import polars as pl
 
-from optiinfra_assets.agents.anomaly import detect
 from optiinfra_assets.agents.capability import Detector, Finding
+from optiinfra_assets.agents.findings import hourly_series, newest_hour_anomaly
 from optiinfra_assets.agents.performance import AGENT
 from optiinfra_assets.config import DecisionSettings
 from optiinfra_assets.models import Deployment, Instance, Risk
@@ -106,10 +106,7 @@ class LatencyAnomalies(Detector):
 
     def detect(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> list[Finding]:
         findings: list[Finding] = []
-        for deployment in snapshot.deployments:
-            rows = snapshot.hourly_of("performance", deployment.id)
-            if rows.is_empty():
-                continue
+        for deployment, rows in hourly_series(snapshot, "performance"):
             customer = snapshot.customer_by_id.get(deployment.customer_id)
             slo = customer.slo_p95_latency_ms if customer else float("inf")
             for watched in WATCHED:
@@ -131,18 +128,19 @@ class LatencyAnomalies(Detector):
         values = rows[watched.column].to_numpy().astype(np.float64)
         if np.isnan(values).all():
             return None
-        result = detect(values, rows["hour"].to_numpy())
-        last = len(values) - 1
-        usual = float(np.median(values[:last] if last else values))
-        worse = values[last] > usual if watched.worse == "high" else values[last] < usual
-        if not bool(result.is_anomaly[last]) or not worse:
-            return None  # only the newest hour matters now; and only its bad side
+        newest = newest_hour_anomaly(values, rows["hour"].to_numpy())
+        if newest is None:
+            return None  # only the newest hour matters now
+        last, usual = newest.last, newest.usual
+        worse = newest.value > usual if watched.worse == "high" else newest.value < usual
+        if not worse:
+            return None  # and only its bad side
         hour: datetime = rows["hour"][last]
         instances = snapshot.running_by_deployment.get(deployment.id, [])
         change = recent_change(deployment, instances, hour - CHANGE_WINDOW)
         explanation = explain(watched, rows, last, change, settings.kv_pressure_usage)
         if watched.slo_bound:
-            severity = Risk.HIGH if values[last] > slo else Risk.MEDIUM
+            severity = Risk.HIGH if newest.value > slo else Risk.MEDIUM
         else:
             severity = Risk.LOW if explanation.startswith("load:") and watched.worse == "low" else Risk.MEDIUM
         unit = "tokens/s" if watched.metric == "tokens_per_s" else "ms"
@@ -152,12 +150,12 @@ class LatencyAnomalies(Detector):
             deployment_id=deployment.id,
             severity=severity,
             metric=watched.metric,
-            value=round(float(values[last]), 1),
+            value=round(newest.value, 1),
             expected=round(usual, 1),
             since=str(hour),
             summary=(
-                f"{watched.label} of {deployment.id} is anomalous in the last hour: {values[last]:.0f} {unit} "
-                f"against a usual {usual:.0f} (score {float(result.score[last]):.2f})"
+                f"{watched.label} of {deployment.id} is anomalous in the last hour: {newest.value:.0f} {unit} "
+                f"against a usual {usual:.0f} (score {newest.score:.2f})"
             ),
             explanation=explanation,
         )

@@ -11,20 +11,25 @@ when the model does not fit, p95 is over the SLO, or the same SLO holds on fewer
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel
 
 from optiinfra_assets.agents import performance
-from optiinfra_assets.agents.capability import Capability, Estimate, Evidence, Objective, Proposal, Skip
+from optiinfra_assets.agents.capability import (
+    Estimate,
+    Evidence,
+    Objective,
+    PerDeploymentCapability,
+    Proposal,
+)
 from optiinfra_assets.agents.performance import (
     AGENT,
     ConfigForecast,
     Predicted,
     change_estimate,
-    change_risk,
     forecast_config,
+    forecast_proposal,
     observed_peak_requests_per_s,
     with_engine,
 )
@@ -179,7 +184,7 @@ def plan_parallelism(
     return found, tried
 
 
-class Parallelism(Capability):
+class Parallelism(PerDeploymentCapability):
     kind: ClassVar[str] = KIND
     agent: ClassVar[str] = AGENT
     objective: ClassVar[Objective] = Objective.PERFORMANCE
@@ -195,21 +200,9 @@ class Parallelism(Capability):
     stage_checks = (performance.latency_within_slo,)
     valued_by = ("latency_p95_delta_pct", "realized_monthly_savings_usd", "utilization_delta_pct")
 
-    def analyze(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> Iterator[Proposal | Skip]:
-        for deployment in snapshot.deployments:
-            outcome = self._analyze_one(snapshot, deployment, settings)
-            yield (
-                outcome
-                if isinstance(outcome, Proposal)
-                else Skip(deployment_id=deployment.id, reason=outcome)
-            )
-
-    def _analyze_one(
-        self, snapshot: FleetSnapshot, deployment: Deployment, settings: DecisionSettings
+    def analyze_deployment(
+        self, snapshot: FleetSnapshot, customer: Customer, deployment: Deployment, settings: DecisionSettings
     ) -> Proposal | str:
-        customer = snapshot.customer_by_id.get(deployment.customer_id)
-        if customer is None:
-            return f"unknown customer '{deployment.customer_id}'"
         peak = observed_peak_requests_per_s(
             snapshot.baselines.get(deployment.id, {}), deployment.replicas, settings
         )
@@ -310,14 +303,6 @@ class Parallelism(Capability):
             if before.fits
             else Estimate(monthly_savings_usd=round(savings, 2))
         )
-        return Proposal(
-            kind=KIND,
-            customer_id=deployment.customer_id,
-            deployment_id=deployment.id,
-            current=current,
-            desired=desired,
-            evidence=evidence,
-            estimate=estimate,
-            risk_score=change_risk(after, 0.0, settings),
-            summary=summary,
+        return forecast_proposal(
+            KIND, deployment, desired, evidence, summary, before, after, settings, estimate=estimate
         )

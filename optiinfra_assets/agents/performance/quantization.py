@@ -10,22 +10,20 @@ quantization that costs more than the gate rolls back.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel
 
 from optiinfra_assets.agents import application, performance
-from optiinfra_assets.agents.capability import Capability, Evidence, Objective, Proposal, Skip
+from optiinfra_assets.agents.capability import Evidence, Objective, PerDeploymentCapability, Proposal
 from optiinfra_assets.agents.performance import (
     AGENT,
     ConfigForecast,
     Predicted,
     batch_limit_gain_pct,
-    change_estimate,
-    change_risk,
     expected_quality_drop_pct,
     forecast_config,
+    forecast_proposal,
     gain_pct,
     observed_peak_requests_per_s,
     with_engine,
@@ -111,7 +109,7 @@ def choose_format(
     return min(allowed, key=lambda o: o[2].p95_ms, default=None)
 
 
-class QuantizationCapability(Capability):
+class QuantizationCapability(PerDeploymentCapability):
     kind: ClassVar[str] = KIND
     agent: ClassVar[str] = AGENT
     objective: ClassVar[Objective] = Objective.PERFORMANCE
@@ -124,21 +122,9 @@ class QuantizationCapability(Capability):
     stage_checks = (application.quality_gate, performance.latency_slo_or_recovering)
     valued_by = ("latency_p95_delta_pct", "quality_delta_pct", "utilization_delta_pct")
 
-    def analyze(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> Iterator[Proposal | Skip]:
-        for deployment in snapshot.deployments:
-            outcome = self._analyze_one(snapshot, deployment, settings)
-            yield (
-                outcome
-                if isinstance(outcome, Proposal)
-                else Skip(deployment_id=deployment.id, reason=outcome)
-            )
-
-    def _analyze_one(
-        self, snapshot: FleetSnapshot, deployment: Deployment, settings: DecisionSettings
+    def analyze_deployment(
+        self, snapshot: FleetSnapshot, customer: Customer, deployment: Deployment, settings: DecisionSettings
     ) -> Proposal | str:
-        customer = snapshot.customer_by_id.get(deployment.customer_id)
-        if customer is None:
-            return f"unknown customer '{deployment.customer_id}'"
         spec = model(deployment.model)
         served = served_quantization(spec, deployment.config.engine)
         if served not in UNQUANTIZED:
@@ -233,14 +219,4 @@ class QuantizationCapability(Capability):
             f"per replica, p95 at peak {was.p95_ms / 1e3:.1f} s -> {now.p95_ms / 1e3:.1f} s, expected quality "
             f"cost {drop:.2f}%."
         )
-        return Proposal(
-            kind=KIND,
-            customer_id=deployment.customer_id,
-            deployment_id=deployment.id,
-            current=deployment.config,
-            desired=desired,
-            evidence=evidence,
-            estimate=change_estimate(before, after),
-            risk_score=change_risk(after, drop, settings),
-            summary=summary,
-        )
+        return forecast_proposal(KIND, deployment, desired, evidence, summary, before, after, settings, drop)

@@ -27,7 +27,6 @@ the replica counts they share, e.g. spot migration's).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -35,12 +34,11 @@ import numpy as np
 from pydantic import Field
 
 from optiinfra_assets.agents.capability import (
-    Capability,
     Estimate,
     Evidence,
     Objective,
+    PerDeploymentCapability,
     Proposal,
-    Skip,
     StageContext,
 )
 from optiinfra_assets.agents.forecast import forecast, step_seconds
@@ -344,7 +342,7 @@ def slo_held(ctx: StageContext) -> CheckResult:
     )
 
 
-class Autoscaling(Capability):
+class Autoscaling(PerDeploymentCapability):
     kind: ClassVar[str] = KIND
     agent: ClassVar[str] = AGENT
     objective: ClassVar[Objective] = Objective.PERFORMANCE
@@ -360,34 +358,17 @@ class Autoscaling(Capability):
     stage_checks = (slo_held,)
     valued_by = ("latency_p95_delta_pct", "realized_monthly_savings_usd", "utilization_delta_pct")
 
-    def analyze(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> Iterator[Proposal | Skip]:
-        for deployment in snapshot.deployments:
-            customer = snapshot.customer_by_id.get(deployment.customer_id)
-            if customer is None:
-                yield Skip(deployment_id=deployment.id, reason=f"unknown customer '{deployment.customer_id}'")
-                continue
-            if not customer.autoscaling:
-                yield Skip(
-                    deployment_id=deployment.id,
-                    reason=f"customer {customer.id} has no written autoscaling policy (Customer.autoscaling): "
-                    "replica counts are left to a person and the other capabilities",
-                )
-                continue
-            ts, rates = deployment_rates(snapshot, deployment)
-            if rates.size == 0:
-                yield Skip(deployment_id=deployment.id, reason="no request-rate history yet")
-                continue
-            yield self._analyze_one(snapshot, settings, customer, deployment, ts, rates)
-
-    def _analyze_one(
-        self,
-        snapshot: FleetSnapshot,
-        settings: DecisionSettings,
-        customer: Customer,
-        deployment: Deployment,
-        ts: np.ndarray,
-        rates: np.ndarray,
-    ) -> Proposal | Skip:
+    def analyze_deployment(
+        self, snapshot: FleetSnapshot, customer: Customer, deployment: Deployment, settings: DecisionSettings
+    ) -> Proposal | str:
+        if not customer.autoscaling:
+            return (
+                f"customer {customer.id} has no written autoscaling policy (Customer.autoscaling): "
+                "replica counts are left to a person and the other capabilities"
+            )
+        ts, rates = deployment_rates(snapshot, deployment)
+        if rates.size == 0:
+            return "no request-rate history yet"
         config = deployment.config
         sizing = replica_sizing(deployment.model, config, customer.slo_p95_latency_ms, settings)
         running = snapshot.running_by_deployment.get(deployment.id, [])
@@ -404,7 +385,7 @@ class Autoscaling(Capability):
         )
         text = decision_text(decision, deployment.id)
         if not decision.changes:
-            return Skip(deployment_id=deployment.id, reason="no scaling needed: " + text)
+            return "no scaling needed: " + text
         desired = scaled_config(config, decision.target_replicas)
         itype = sizing.itype
         delta = decision.target_replicas - current

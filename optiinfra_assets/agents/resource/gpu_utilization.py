@@ -15,6 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from optiinfra_assets.agents.capability import Detector, Finding
+from optiinfra_assets.agents.findings import hourly_series
 from optiinfra_assets.agents.resource import AGENT
 from optiinfra_assets.catalog import instance_type
 from optiinfra_assets.config import DecisionSettings
@@ -49,9 +50,8 @@ class GpuUtilization(Detector):
     def detect(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> list[Finding]:
         findings: list[Finding] = []
         line, hours = settings.idle_gpu_util_pct, settings.idle_gpu_min_hours
-        for deployment in snapshot.deployments:
-            rows = snapshot.hourly_of("resource", deployment.id)
-            if rows.is_empty() or UTIL not in rows.columns:
+        for deployment, rows in hourly_series(snapshot, "resource"):
+            if UTIL not in rows.columns:
                 continue
             util = rows[UTIL].fill_null(0.0).to_numpy().astype(np.float64)
             p95 = (

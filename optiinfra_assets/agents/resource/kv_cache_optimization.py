@@ -11,17 +11,23 @@ one deployment, coordination settles it (no code is shared with it except throug
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import ClassVar, Literal
 
 import numpy as np
 
 from optiinfra_assets.agents import application, performance
-from optiinfra_assets.agents.capability import Capability, Estimate, Evidence, Objective, Proposal, Skip
+from optiinfra_assets.agents.capability import (
+    Estimate,
+    Evidence,
+    Objective,
+    PerDeploymentCapability,
+    Proposal,
+    Skip,
+)
 from optiinfra_assets.agents.resource import AGENT
 from optiinfra_assets.catalog import InstanceType, instance_type, kv_dtype_problem, model
 from optiinfra_assets.config import DecisionSettings
-from optiinfra_assets.models import Deployment, EngineConfig, KvCacheDtype
+from optiinfra_assets.models import Customer, Deployment, EngineConfig, KvCacheDtype
 from optiinfra_assets.serving import load_point, serving_capacity
 from optiinfra_assets.snapshot import FleetSnapshot
 
@@ -70,7 +76,7 @@ def _options(engine: EngineConfig, itype: InstanceType) -> list[tuple[str, Engin
     return out
 
 
-class KvCacheOptimization(Capability):
+class KvCacheOptimization(PerDeploymentCapability):
     kind: ClassVar[str] = KIND
     agent: ClassVar[str] = AGENT
     objective: ClassVar[Objective] = Objective.PERFORMANCE
@@ -82,25 +88,21 @@ class KvCacheOptimization(Capability):
     stage_checks = (application.quality_gate, performance.latency_slo)
     valued_by = ("latency_p95_delta_pct", "quality_delta_pct", "utilization_delta_pct")
 
-    def analyze(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> Iterator[Proposal | Skip]:
-        for deployment in snapshot.deployments:
-            rows = snapshot.hourly_of("performance", deployment.id)
-            if rows.is_empty() or KV_P95 not in rows.columns:
-                yield Skip(deployment_id=deployment.id, reason="no KV-cache history yet")
-                continue
-            recent = rows.tail(RECENT_HOURS)
-            p95 = recent[KV_P95].fill_null(0.0).to_numpy()
-            p99 = recent[KV_P99].fill_null(0.0).to_numpy() if KV_P99 in recent.columns else p95
-            pressure, preempting = int(np.sum(p95 >= PRESSURE)), int(np.sum(p99 >= PREEMPTING))
-            if pressure == 0 and preempting == 0:
-                yield Skip(
-                    deployment_id=deployment.id,
-                    reason=f"no KV pressure: p95 use at most {float(p95.max()):.0%} in the last {len(p95)} h",
-                )
-                continue
-            yield self._propose(
-                snapshot, deployment, float(np.max(p95)), pressure, preempting, len(p95), settings
-            )
+    def analyze_deployment(
+        self, snapshot: FleetSnapshot, customer: Customer, deployment: Deployment, settings: DecisionSettings
+    ) -> Proposal | Skip | str:
+        rows = snapshot.hourly_of("performance", deployment.id)
+        if rows.is_empty() or KV_P95 not in rows.columns:
+            return "no KV-cache history yet"
+        recent = rows.tail(RECENT_HOURS)
+        p95 = recent[KV_P95].fill_null(0.0).to_numpy()
+        p99 = recent[KV_P99].fill_null(0.0).to_numpy() if KV_P99 in recent.columns else p95
+        pressure, preempting = int(np.sum(p95 >= PRESSURE)), int(np.sum(p99 >= PREEMPTING))
+        if pressure == 0 and preempting == 0:
+            return f"no KV pressure: p95 use at most {float(p95.max()):.0%} in the last {len(p95)} h"
+        return self._propose(
+            snapshot, deployment, float(np.max(p95)), pressure, preempting, len(p95), settings
+        )
 
     def _propose(
         self,

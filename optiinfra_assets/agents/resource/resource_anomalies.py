@@ -8,8 +8,8 @@ from typing import ClassVar
 import numpy as np
 import polars as pl
 
-from optiinfra_assets.agents.anomaly import detect
 from optiinfra_assets.agents.capability import Detector, Finding
+from optiinfra_assets.agents.findings import hourly_series, newest_hour_anomaly, usual_before
 from optiinfra_assets.agents.resource import AGENT
 from optiinfra_assets.config import DecisionSettings
 from optiinfra_assets.models import Risk
@@ -29,15 +29,11 @@ LOAD_CHANGE = 0.25
 MEMORY_FULL = 0.98
 
 
-def _usual(values: np.ndarray, last: int) -> float:
-    return float(np.median(values[:last])) if last else float(values[last])
-
-
 def explain(metric: str, resource: pl.DataFrame, performance: pl.DataFrame, last: int) -> str:
     """Why the newest hour of ``metric`` is unusual: load, KV cache, memory held, or nothing we can see."""
     if not performance.is_empty() and LOAD in performance.columns and performance.height == resource.height:
         load = performance[LOAD].fill_null(0.0).to_numpy()
-        usual = _usual(load, last)
+        usual = usual_before(load, last)
         if usual > 0 and abs(load[last] / usual - 1.0) >= LOAD_CHANGE and metric != "gpu_mem_used_gib":
             return f"load: {load[last]:.2f} req/s against a usual {usual:.2f} moves GPU work with it"
         if metric == "gpu_mem_used_gib" and KV in performance.columns:
@@ -60,10 +56,7 @@ class ResourceAnomalies(Detector):
 
     def detect(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> list[Finding]:
         findings: list[Finding] = []
-        for deployment in snapshot.deployments:
-            rows = snapshot.hourly_of("resource", deployment.id)
-            if rows.is_empty():
-                continue
+        for deployment, rows in hourly_series(snapshot, "resource"):
             perf = snapshot.hourly_of("performance", deployment.id)
             hours = rows["hour"].to_numpy()
             for column, (metric, unit) in METRICS.items():
@@ -72,16 +65,15 @@ class ResourceAnomalies(Detector):
                 values = (
                     rows[column].fill_null(strategy="forward").fill_null(0.0).to_numpy().astype(np.float64)
                 )
-                result = detect(values, hours)
-                last = len(values) - 1
-                if not bool(result.is_anomaly[last]):
+                newest = newest_hour_anomaly(values, hours)
+                if newest is None:
                     continue
-                usual = _usual(values, last)
+                last, usual = newest.last, newest.usual
                 severity = Risk.MEDIUM
                 total = (
                     rows["gpu_mem_total_gib_avg"][last] if "gpu_mem_total_gib_avg" in rows.columns else None
                 )
-                if metric == "gpu_mem_used_gib" and total and values[last] >= MEMORY_FULL * float(total):
+                if metric == "gpu_mem_used_gib" and total and newest.value >= MEMORY_FULL * float(total):
                     severity = Risk.HIGH
                 findings.append(
                     Finding(
@@ -90,13 +82,13 @@ class ResourceAnomalies(Detector):
                         deployment_id=deployment.id,
                         severity=severity,
                         metric=metric,
-                        value=round(float(values[last]), 2),
+                        value=round(newest.value, 2),
                         expected=round(usual, 2),
                         since=str(rows["hour"][last]),
                         summary=(
-                            f"{metric} of {deployment.id} is anomalous in the last hour: {values[last]:.1f} {unit} "
-                            f"against a usual {usual:.1f} {unit} (score {float(result.score[last]):.2f}, "
-                            f"{result.view[last]})"
+                            f"{metric} of {deployment.id} is anomalous in the last hour: {newest.value:.1f} {unit} "
+                            f"against a usual {usual:.1f} {unit} (score {newest.score:.2f}, "
+                            f"{newest.view})"
                         ),
                         explanation=explain(metric, rows, perf, last),
                     )

@@ -1,0 +1,58 @@
+"""What the detectors share: walking the fleet's hourly series, and asking the shared anomaly detector
+(agents/anomaly.py) whether a series' newest hour is anomalous and against what usual level.
+
+Plain functions over a :class:`FleetSnapshot` and numpy arrays: no store, no Dagster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from optiinfra_assets.agents.anomaly import detect
+from optiinfra_assets.models import Deployment
+from optiinfra_assets.snapshot import FleetSnapshot
+
+
+def hourly_series(
+    snapshot: FleetSnapshot, domain: str, min_hours: int = 1
+) -> Iterator[tuple[Deployment, pl.DataFrame]]:
+    """Each deployment with at least ``min_hours`` hourly rows of ``domain``, with those rows."""
+    for deployment in snapshot.deployments:
+        rows = snapshot.hourly_of(domain, deployment.id)
+        if rows.height >= min_hours:
+            yield deployment, rows
+
+
+def usual_before(values: np.ndarray, last: int) -> float:
+    """The usual level before hour ``last``: the median of the hours before it (the hour itself if first)."""
+    return float(np.median(values[:last])) if last else float(values[last])
+
+
+@dataclass(frozen=True)
+class NewestHour:
+    """The newest hour of a series, flagged by the shared detector."""
+
+    last: int  # its index in the series
+    value: float
+    usual: float  # usual_before(values, last)
+    score: float  # the detector's score, 0.5 at its alert threshold
+    view: str  # the detector's view that found it unusual
+
+
+def newest_hour_anomaly(values: np.ndarray, hours: np.ndarray) -> NewestHour | None:
+    """The newest hour of ``values`` (hourly, at ``hours``) if the shared detector flags it, else None."""
+    result = detect(values, hours)
+    last = len(values) - 1
+    if not bool(result.is_anomaly[last]):
+        return None
+    return NewestHour(
+        last=last,
+        value=float(values[last]),
+        usual=usual_before(values, last),
+        score=float(result.score[last]),
+        view=str(result.view[last]),
+    )
