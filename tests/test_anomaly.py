@@ -145,8 +145,50 @@ def test_record_ratio_of_a_view_that_never_moved() -> None:
     assert np.all(r[:80] == 0)
 
 
+def test_a_huge_outlier_does_not_blind_the_detector_to_the_next_incident() -> None:
+    x = daily_series(seed=3)
+    x[1000] += 1000  # an outlier far beyond anything before it
+    x[1500] += 40  # an ordinary incident after it
+    t = stamps(len(x))
+    assert detect(x, t).is_anomaly[[1000, 1500]].all()
+    # Judged against a max that includes the outlier, the second incident is no record at all.
+    assert not detect(x, t, DetectorSettings(outlier_ratio=None)).is_anomaly[1500]
+
+
+def test_record_ratio_leaves_outliers_out_of_the_bar() -> None:
+    v = np.random.default_rng(4).normal(size=300)
+    v[100] = 100.0
+    v[200] = v[:200][v[:200] < 100].max() + 1.0  # a record among the ordinary points only
+    plain = record_ratio(v, memory=1000, stride=1, min_history=20)
+    robust = record_ratio(v, memory=1000, stride=1, min_history=20, outlier_ratio=2.0)
+    assert plain[100] > 2 and robust[100] == plain[100]  # the outlier itself is judged as before
+    assert plain[200] < 1 < robust[200]
+
+
+def test_a_steady_drift_alerts_once_not_at_every_new_high() -> None:
+    rng = np.random.default_rng(11)
+    x = np.concatenate([rng.normal(0, 1, 1000), 0.01 * np.arange(2500) + rng.normal(0, 1, 2500)])
+
+    def smoothed_alerts(settings: DetectorSettings) -> int:
+        result = detect(x, None, settings)
+        return sum(str(result.view[i]).startswith("smoothed") for i in np.flatnonzero(result.is_anomaly))
+
+    quiet, chatty = (
+        smoothed_alerts(DetectorSettings()),
+        smoothed_alerts(DetectorSettings(smoothed_repeat_rows=0)),
+    )
+    assert 1 <= quiet <= 6  # the drift is reported...
+    assert chatty >= 3 * quiet  # ...without an alert at every cool-down while the moving average climbs
+
+
 def test_settings_are_validated() -> None:
     with pytest.raises(ValidationError):
         DetectorSettings(threshold=0)
     with pytest.raises(ValidationError):
         DetectorSettings(memory_rows=3)
+    with pytest.raises(ValidationError, match="outlier_ratio"):
+        DetectorSettings(outlier_ratio=1.0)  # every record would be an outlier
+    with pytest.raises(ValidationError, match="smoothed_threshold"):
+        DetectorSettings(smoothed_threshold=0)
+    with pytest.raises(ValidationError, match="smoothed_repeat_rows"):
+        DetectorSettings(smoothed_repeat_rows=-1)
