@@ -33,6 +33,7 @@ from resources.dagster_resources import (
     from_env,
 )
 from sensors.approvals import approval_sensor, execution_failure_sensor
+from sensors.notifications import notifications_sensor
 from sensors.reconcile import reconcile_job, reconcile_schedule
 from sensors.refresh import automation_sensor, metrics_refresh_sensor
 
@@ -95,7 +96,13 @@ defs = (
             reconcile_job,
         ],
         schedules=[reconcile_schedule],
-        sensors=[metrics_refresh_sensor, automation_sensor, approval_sensor, execution_failure_sensor],
+        sensors=[
+            metrics_refresh_sensor,
+            automation_sensor,
+            approval_sensor,
+            execution_failure_sensor,
+            notifications_sensor,
+        ],
         # Steps share one process: a step per process would re-import the stack (~5 s each on 2 cores)
         # for work that takes well under a second, and the embedded engines serialize access anyway.
         executor=dg.in_process_executor,

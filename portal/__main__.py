@@ -12,8 +12,8 @@ import argparse
 import uvicorn
 
 from optiinfra_assets.config import Settings, prepare_home
+from optiinfra_assets.notifications import Notifier
 from portal.app import create_app
-from portal.notify import Notifier
 from portal.settings import PortalSettings
 from resources.metric_store import open_metric_store
 from resources.state_store import StateStore, state_store_url

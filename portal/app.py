@@ -29,10 +29,10 @@ from starlette.middleware.sessions import SessionMiddleware
 from optiinfra_assets.cli import recommendation_json
 from optiinfra_assets.commands.executions import execution_json
 from optiinfra_assets.models import ExecutionStatus, Recommendation, RecommendationStatus
+from optiinfra_assets.notifications import FINDING_ACTION, ChannelSpec, Notifier, latest_audit_id
 from optiinfra_assets.workflow import decide
 from portal.accounts import CUSTOMER_PATTERN, USERNAME_PATTERN, Accounts, PortalUser, Role, Session
 from portal.dashboards import DASHBOARDS, RANGES, dashboard
-from portal.notify import ChannelSpec, Notifier, latest_audit_id
 from portal.security import BodyLimit, RateLimiter, refuse
 from portal.settings import PortalSettings
 from resources.metric_store import MetricStore
@@ -149,7 +149,8 @@ class Portal:
                 continue
             events.append(
                 {
-                    "type": "audit",
+                    # a detector's finding (an anomaly, a budget alert) is an alert; the rest is the audit
+                    "type": "alert" if entry.action == FINDING_ACTION else "audit",
                     "id": entry.id,
                     "at": entry.at.isoformat(),
                     "actor": entry.actor,
@@ -181,6 +182,8 @@ def _entry_customer(
         return rec.customer_id
     if entity_type == "deployment":
         return deployments.get(entity_id)
+    if entity_type == "customer":
+        return entity_id
     if entity_type == "instance":
         return deployments.get(str(detail.get("deployment_id", "")))
     return None
@@ -503,8 +506,9 @@ def _api(app: FastAPI, settings: PortalSettings) -> None:
         last_event_id: Annotated[int | None, Header(ge=0)] = None,
         max_s: Annotated[float | None, Query(gt=0, le=86_400)] = None,
     ) -> StreamingResponse:
-        """Server-sent events: ``recommendation`` (a new one) and ``audit`` (a decision, a stage applied
-        or checked, a rollback, an escalation, a spot loss) for the user's customers. Resumes after
+        """Server-sent events: ``recommendation`` (a new one), ``audit`` (a decision, a stage applied
+        or checked, a rollback, an escalation, a spot loss) and ``alert`` (a detector's high or medium
+        finding: an anomaly, a budget alert) for the user's customers. Resumes after
         ``Last-Event-ID``; ``max_s`` ends the stream (for scripts)."""
 
         async def stream() -> AsyncIterator[str]:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from optiinfra_assets.jobs import recommendation_executor_job
-from optiinfra_assets.models import Approval, ExecutionStatus
+from optiinfra_assets.models import Approval, ExecutionStatus, Recommendation
 from optiinfra_assets.partitions import recommendation_partitions
 from optiinfra_assets.reconcile import EXECUTOR_MAX_RUNTIME, roll_back_and_fail
 from resources.dagster_resources import FleetResource, StateStoreResource
@@ -26,6 +26,16 @@ RUN_KEY_TAG = "dagster/run_key"
 
 def run_key(approval: Approval) -> str:
     return f"execute-{approval.recommendation_id}-approval-{approval.id}"
+
+
+def recommendation_tags(rec: Recommendation) -> dict[str, str]:
+    """Tags that make an executor run findable in the Dagster UI's run filter by deployment, kind and
+    customer (``optiinfra/deployment:acme-chat-8b``)."""
+    return {
+        "optiinfra/deployment": rec.deployment_id,
+        "optiinfra/kind": rec.kind,
+        "optiinfra/customer": rec.customer_id,
+    }
 
 
 def _requested(cursor: str | None) -> dict[str, float]:
@@ -58,7 +68,8 @@ def approval_sensor(context: dg.SensorEvaluationContext, state_store: StateStore
 
     The run_key is the approval, so a decision launches at most one run even if it is requested twice; the
     cursor remembers what was requested until the instance shows the run, so a tick does not repeat it."""
-    awaiting = state_store.get().approvals_awaiting_execution(limit=APPROVALS_PER_TICK)
+    state = state_store.get()
+    awaiting = state.approvals_awaiting_execution(limit=APPROVALS_PER_TICK)
     by_key = {run_key(a): a for a in awaiting}
     now = time.time()
     requested = {k: t for k, t in _requested(context.cursor).items() if k in by_key}
@@ -79,6 +90,7 @@ def approval_sensor(context: dg.SensorEvaluationContext, state_store: StateStore
                 run_key=run_key(a),
                 tags={
                     **EXECUTOR_TAGS,
+                    **recommendation_tags(state.get_recommendation(a.recommendation_id)),
                     "optiinfra/approved_by": a.by,
                     "optiinfra/approval_id": str(a.id),
                     "optiinfra/via": a.via,
@@ -119,15 +131,19 @@ def execution_failure_sensor(
     if execution is None or execution.status is not ExecutionStatus.RUNNING:
         return
     resumes = int(run.tags.get("optiinfra/resume", "0"))
+    rec = state.get_recommendation(rec_id)
     if resumes < MAX_RESUMES:
         yield dg.RunRequest(
             partition_key=rec_id,
             run_key=f"resume-{rec_id}-{run.run_id}",
-            tags={**EXECUTOR_TAGS, "optiinfra/resume": str(resumes + 1)},
+            tags={
+                **EXECUTOR_TAGS,
+                **recommendation_tags(rec),
+                "optiinfra/resume": str(resumes + 1),
+            },
         )
         return
     reason = f"executor died {resumes + 1} times (last at the {execution.stage}% stage)"
-    rec = state.get_recommendation(rec_id)
     roll_back_and_fail(
         state, fleet.fleet_target(state), rec, execution, reason, datetime.now(UTC), actor="dagster"
     )

@@ -12,6 +12,7 @@ import dagster as dg
 import pytest
 
 from optiinfra_assets import definitions
+from optiinfra_assets.agents import DETECTORS
 from optiinfra_assets.assets.analysis import agent_analysis
 from optiinfra_assets.assets.baselines import BASELINE_ASSETS
 from optiinfra_assets.assets.executions import change_executions
@@ -24,6 +25,7 @@ from optiinfra_assets.models import (
     Lifecycle,
     RecommendationStatus,
 )
+from optiinfra_assets.notifications import FINDING_ACTION
 from optiinfra_assets.partitions import recommendation_partitions
 from optiinfra_assets.workflow import decide
 from resources.dagster_resources import (
@@ -129,6 +131,19 @@ def test_graph_recommends_executes_and_rolls_back(resources: dict[str, object], 
         assert registry["agents"] == 4
         recs = _metadata(analysed, "spot_migration_recommendations")
         assert recs["pending"] >= 1
+        # High and medium findings are recorded once each for the notifications (and the live feed).
+        noteworthy = {
+            (det.name, str(row.data["deployment_id"]), str(row.data["metric"]))
+            for det in DETECTORS
+            if not isinstance(table := _metadata(analysed, det.asset_name)["table"], str)
+            for row in table.records
+            if row.data["severity"] in ("high", "medium")
+        }
+        assert noteworthy  # the sandbox has an idle GPU and a budget at risk
+        recorded = [e for e in state.list_audit(limit=100_000) if e.action == FINDING_ACTION]
+        assert {(e.detail["detector"], e.detail["deployment_id"], e.detail["metric"]) for e in recorded} == (
+            noteworthy
+        )
 
         pending = state.list_recommendations(status="pending", kind="spot_migration")
         partitions = instance.get_dynamic_partitions(recommendation_partitions.name)
@@ -150,6 +165,7 @@ def test_graph_recommends_executes_and_rolls_back(resources: dict[str, object], 
         requests = {r.partition_key: r for r in launched.run_requests or []}
         assert set(requests) == {first.id} | policy_approved
         assert requests[first.id].tags["dagster/max_runtime"] == "1800"
+        assert requests[first.id].tags["optiinfra/deployment"] == first.deployment_id  # findable in the UI
         assert _launch(instance, resources, cursor=launched.cursor).run_requests == []
 
         executed = dg.materialize(
@@ -158,6 +174,7 @@ def test_graph_recommends_executes_and_rolls_back(resources: dict[str, object], 
         assert executed.success
         meta = _metadata(executed, "change_executions")
         assert meta["status"] == "succeeded" and meta["stage"] == 100
+        assert [c.passed for c in executed.get_asset_check_evaluations()] == [True]
         spot = [i for i in state.list_instances(first.deployment_id) if i.lifecycle is Lifecycle.SPOT]
         assert len(spot) == state.get_deployment(first.deployment_id).replicas
         assert state.get_recommendation(first.id).status is RecommendationStatus.EXECUTED
@@ -181,6 +198,9 @@ def test_graph_recommends_executes_and_rolls_back(resources: dict[str, object], 
         # The A/B test between stages (canary vs control), or the baseline at the last stage.
         reason = str(meta["reason"])
         assert meta["rolled_back"] is True and ("A/B degraded" in reason or "baseline" in reason)
+        # The rolled-back execution is visible as such in the Dagster UI: its check fails.
+        (not_rolled_back,) = rolled.get_asset_check_evaluations()
+        assert not not_rolled_back.passed and not_rolled_back.check_name == "not_rolled_back"
         execution = state.get_execution(second.id)
         assert execution is not None and execution.status is ExecutionStatus.ROLLED_BACK
         after = state.list_instances(second.deployment_id)
@@ -260,6 +280,7 @@ def test_definitions_load_the_way_make_run_does(tmp_path: Path) -> None:
         "automation_sensor",
         "approval_sensor",
         "execution_failure_sensor",
+        "notifications_sensor",
     }
     assert all(s.default_status is dg.DefaultSensorStatus.RUNNING for s in repo.sensor_defs)
     assert all(s.default_status is dg.DefaultScheduleStatus.RUNNING for s in repo.schedule_defs)

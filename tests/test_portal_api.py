@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from fastapi.testclient import TestClient
 
+from optiinfra_assets.agents.capability import Finding
 from optiinfra_assets.cli import main
 from optiinfra_assets.models import (
     CheckResult,
@@ -27,6 +28,7 @@ from optiinfra_assets.models import (
     StageRecord,
     UnregisteredEvidence,
 )
+from optiinfra_assets.notifications import record_findings
 from optiinfra_assets.workflow import ensure_sandbox_fleet
 from portal.accounts import Accounts
 from portal.app import SESSION_COOKIE, create_app
@@ -330,6 +332,19 @@ def test_the_live_feed_streams_only_the_users_customers(world) -> None:
     cursor = state.list_audit(newest_first=True, limit=1)[0].id
     state.audit("executor", "stage_applied", "recommendation", "rec-acme-low", {"stage_pct": 10})
     state.audit("executor", "rolled_back", "recommendation", "rec-globex", {"reason": "latency"})
+    alerts = [
+        Finding(
+            detector="latency_anomalies",
+            customer_id=customer,
+            deployment_id=deployment,
+            severity=Risk.HIGH,
+            metric="ttft_p95_ms",
+            summary=f"TTFT p95 of {deployment} is 3x its usual level",
+            since=NOW.isoformat(),
+        )
+        for customer, deployment in [("acme", "acme-chat-8b"), ("globex", "globex-rag-qwen")]
+    ]
+    assert len(record_findings(state, alerts, NOW)) == 2
     headers = {**login(client, "vic"), "Last-Event-ID": str(cursor)}
     with client.stream("GET", "/api/events?max_s=1.5", headers=headers) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -337,6 +352,10 @@ def test_the_live_feed_streams_only_the_users_customers(world) -> None:
     events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
     assert [(e["action"], e["entity_id"]) for e in events if e["type"] == "audit"] == [
         ("stage_applied", "rec-acme-low")
+    ]
+    # a detector's finding arrives as an alert, for the finding's customer only
+    assert [(e["entity_id"], e["detail"]["severity"]) for e in events if e["type"] == "alert"] == [
+        ("acme-chat-8b", "high")
     ]
     bad = client.get("/api/events", headers={**login(client, "vic"), "Last-Event-ID": "abc"})
     assert bad.status_code == 422 and loc(bad) == ["header", "last-event-id"]
@@ -419,3 +438,19 @@ def _discovery_server() -> str:
     server = HTTPServer(("127.0.0.1", 0), Discovery)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_port}"
+
+
+def test_decisions_are_rate_limited_per_user(world) -> None:
+    state, client, _ = world
+    ann, bob = login(client, "ann"), login(client, "bob")
+    body = {"decision": "reject", "comment": "no"}
+    first = client.post("/api/recommendations/rec-acme-low/decision", json=body, headers=ann)
+    assert first.status_code == 200
+    for _ in range(49):  # the world allows 50 a minute; the rest are refused as already decided
+        again = client.post("/api/recommendations/rec-acme-low/decision", json=body, headers=ann)
+        assert again.status_code == 409
+    limited = client.post("/api/recommendations/rec-acme-high/decision", json=body, headers=ann)
+    assert limited.status_code == 429 and loc(limited) == ["body", "decision"]
+    assert state.get_approval("rec-acme-high") is None  # refused before it reached the store
+    other = client.post("/api/recommendations/rec-acme-high/decision", json=body, headers=bob)
+    assert other.status_code == 403  # another user's budget is their own (bob's risk limit says no)

@@ -30,13 +30,14 @@ import pytest
 from optiinfra_assets import sandbox
 from optiinfra_assets.agents import CAPABILITIES
 from optiinfra_assets.agents.baselines import compute_baselines
-from optiinfra_assets.agents.capability import Proposal, risk_level
+from optiinfra_assets.agents.capability import Finding, Proposal, risk_level
 from optiinfra_assets.agents.coordination import validation_status
 from optiinfra_assets.agents.cost.spot_migration import SpotMigration
 from optiinfra_assets.agents.rollout import RolloutContext, execute
 from optiinfra_assets.config import DecisionSettings
 from optiinfra_assets.ingest import ingest
-from optiinfra_assets.models import Fault, FaultKind, Recommendation
+from optiinfra_assets.models import Fault, FaultKind, Recommendation, Risk
+from optiinfra_assets.notifications import record_findings
 from optiinfra_assets.snapshot import BaselineStat, FleetSnapshot
 from optiinfra_assets.workflow import ensure_sandbox_fleet, load_snapshot, validate_change
 from resources.memory_store import QdrantMemoryStore
@@ -357,6 +358,42 @@ def test_a_viewer_cannot_approve(site: Site, browser) -> None:
     )
     assert response.status == 403 and "viewer" in response.json()["detail"][0]["msg"]
     assert site.state.get_recommendation(site.rec_id).decided_by != "vic"
+
+
+def test_an_anomaly_appears_live_as_an_alert(site: Site, browser) -> None:
+    """A detector's finding, recorded as the analysis pass records it, flashes on an open page; another
+    customer's does not."""
+    page, errors = _login(browser, site, "ann")
+    page.wait_for_selector(f"#inbox tr[data-id='{site.rec_id}']")
+    alerts = page.locator("#live .flash", has_text="alert:")
+    # The feed follows from when it connected: record until one arrives (each hour is a new finding).
+    for hour in range(20):
+        since = (NOW + timedelta(hours=hour)).isoformat()
+        record_findings(
+            site.state,
+            [
+                Finding(
+                    detector="latency_anomalies",
+                    customer_id=customer,
+                    deployment_id=deployment,
+                    severity=Risk.HIGH,
+                    metric="ttft_p95_ms",
+                    summary=f"TTFT p95 of {deployment} is 3x its usual level",
+                    since=since,
+                )
+                for customer, deployment in [("globex", "globex-rag-qwen"), ("acme", DEP)]
+            ],
+            NOW,
+        )
+        try:
+            alerts.first.wait_for(timeout=1_000)
+            break
+        except playwright_api.Error:
+            continue
+    expect(alerts.first).to_contain_text(f"high alert: TTFT p95 of {DEP} is 3x its usual level")
+    assert "globex" not in page.inner_text("#live")
+    _shot(page, "08b-live-alert")
+    assert errors == []
 
 
 def test_a_user_of_another_customer_sees_nothing_of_it(site: Site, browser) -> None:

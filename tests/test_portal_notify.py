@@ -13,11 +13,11 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from optiinfra_assets.models import Estimate, Recommendation, Risk, UnregisteredEvidence
+from optiinfra_assets.models import Estimate, Recommendation, RecommendationStatus, Risk, UnregisteredEvidence
+from optiinfra_assets.notifications import ChannelKind, ChannelSpec, EventKind, Notifier
 from optiinfra_assets.workflow import decide, ensure_sandbox_fleet
 from portal.accounts import Accounts
 from portal.app import create_app
-from portal.notify import ChannelKind, ChannelSpec, EventKind, Notifier
 from portal.settings import PortalSettings
 from resources.metric_store import open_metric_store
 from resources.state_store import StateStore
@@ -176,3 +176,31 @@ def test_only_a_customers_admin_configures_its_channels(
         assert [
             c["kind"] for c in client.get("/api/customers/acme/channels", headers=as_user("ada")).json()
         ] == ["slack"]
+
+
+def test_an_escalation_is_announced_once_whichever_store_shows_it_first(
+    state: StateStore, receiver: Receiver
+) -> None:
+    ensure_sandbox_fleet(state, seed=1, now=datetime.now(UTC))
+    notifier = Notifier(state, backoff_s=0.0, sleep=lambda _: None)
+    notifier.poll()
+    notifier.add_channel(
+        "acme",
+        ChannelSpec(kind="webhook", url=f"{receiver.url}/hook", events=[EventKind.ESCALATION]),
+        by="ada",
+    )
+    rec = _pending(state, "rec-escalated", "acme-chat-8b")
+    reason = "conflicts with rec-other on acme-chat-8b: the customer decides"
+    # stored as escalated by coordination (no audit entry yet): the store shows it
+    state.update_recommendation(
+        rec.model_copy(update={"status": RecommendationStatus.ESCALATED, "status_reason": reason})
+    )
+    first = notifier.poll()
+    assert [(d.event_kind, d.event_key, d.status) for d in first] == [
+        (EventKind.ESCALATION, "escalation:rec-escalated", "delivered")
+    ]
+    assert receiver.to("/hook")[0]["detail"] == reason
+    # a later ``escalate`` audit entry about the same recommendation is the same notice
+    state.audit("coordination", "escalate", "recommendation", rec.id, {"reason": reason})
+    assert notifier.poll() == []
+    assert len(receiver.to("/hook")) == 1

@@ -77,3 +77,24 @@ def test_reconcile_job_heals_a_spot_loss_after_the_rollout(cli_state: StateStore
         metadata = output.event_specific_data.metadata
         assert metadata["acted"].value >= 1 and metadata["errors"].value == 0
     assert spot(cli_state) == rec.desired.replicas
+
+
+def test_a_resumed_run_keeps_the_tags_that_find_it_by_deployment(cli_state: StateStore, resources) -> None:  # noqa: F811
+    half_migrated(cli_state)
+    with dg.instance_for_test() as instance:
+        died = dying_executor.execute_in_process(
+            instance=instance, tags={"dagster/partition": "rec-spot"}, raise_on_error=False
+        )
+        failure = next(e for e in died.all_events if e.event_type_value == "PIPELINE_FAILURE")
+        context = dg.build_run_status_sensor_context(
+            sensor_name="execution_failure_sensor",
+            dagster_event=failure,
+            dagster_instance=instance,
+            dagster_run=instance.get_run_by_id(died.run_id),
+            resources={"state_store": resources["state_store"], "fleet": resources["fleet"]},
+        ).for_run_failure()
+        (resume,) = list(execution_failure_sensor(context) or [])
+    rec = cli_state.get_recommendation("rec-spot")
+    assert resume.partition_key == "rec-spot" and resume.tags["optiinfra/resume"] == "1"
+    assert resume.tags["optiinfra/deployment"] == rec.deployment_id == DEP
+    assert (resume.tags["optiinfra/kind"], resume.tags["optiinfra/customer"]) == (rec.kind, rec.customer_id)

@@ -15,6 +15,7 @@ from optiinfra_assets.agents.capability import ANALYSIS_CHECK, FINDINGS_CHECK, C
 from optiinfra_assets.assets.automation import ANALYSIS_AUTOMATION
 from optiinfra_assets.assets.baselines import BASELINE_ASSETS
 from optiinfra_assets.models import Recommendation, RecommendationStatus, Risk
+from optiinfra_assets.notifications import record_findings
 from optiinfra_assets.partitions import recommendation_partitions
 from optiinfra_assets.reporting import table
 from optiinfra_assets.workflow import AnalysisReport, CapabilityReport, DetectorReport, run_analysis_pass
@@ -158,7 +159,15 @@ def _detector_result(
 def agent_analysis(context: dg.AssetExecutionContext, workflow: WorkflowResource):
     """Every capability and detector on one fleet snapshot; validated, risk-assessed, coordinated, stored."""
     services = workflow.services()
-    report: AnalysisReport = run_analysis_pass(services, datetime.now(UTC))
+    now = datetime.now(UTC)
+    report: AnalysisReport = run_analysis_pass(services, now)
+    # High and medium findings go to the audit log once each: the live feed shows them and the
+    # notifications sensor (and the portal) deliver them to the customers' channels.
+    recorded = record_findings(
+        services.state, [f for rep in report.detectors.values() for f in rep.findings], now
+    )
+    if recorded:
+        context.log.info(f"{len(recorded)} new findings recorded for notification")
     created = [r.id for rep in report.capabilities.values() for r in rep.created]
     if created:
         # One dynamic partition per recommendation: its executor run is that partition.

@@ -112,7 +112,11 @@ def raw_metrics(
 def _freshness_check(domain: Domain) -> dg.AssetChecksDefinition:
     schema = SCHEMAS[domain]
 
-    @dg.asset_check(asset=RAW_METRIC_SPECS[domain].key, name=f"{schema.table}_fresh")
+    @dg.asset_check(
+        asset=RAW_METRIC_SPECS[domain].key,
+        name=f"{schema.table}_fresh",
+        description=f"The newest {domain} row is at most {MAX_STALENESS[domain]} min old.",
+    )
     def check(metric_store: MetricStoreResource) -> dg.AssetCheckResult:
         store = metric_store.get()
         # Rows dated in the future (stored before ingestion refused them) must not pass this forever.
@@ -146,7 +150,11 @@ def _well_formed_check(domain: Domain) -> dg.AssetChecksDefinition:
         for m in schema.measures
     )
 
-    @dg.asset_check(asset=RAW_METRIC_SPECS[domain].key, name=f"{schema.table}_well_formed")
+    @dg.asset_check(
+        asset=RAW_METRIC_SPECS[domain].key,
+        name=f"{schema.table}_well_formed",
+        description=f"No {domain} row of the last hour is infinite or outside its measure's bounds.",
+    )
     def check(metric_store: MetricStoreResource) -> dg.AssetCheckResult:
         store = metric_store.get()
         since = datetime.now(UTC) - timedelta(hours=1)

@@ -63,10 +63,12 @@ if (PAGE) {
     const data = JSON.parse(msg.data);
     if (type === "recommendation") flash(`new recommendation ${data.id}: ${data.kind} on ${data.deployment} (${data.status})`);
     if (type === "audit") flash(`${when(data.at)} ${data.actor}: ${data.action} ${data.entity_id}`);
+    if (type === "alert") flash(`${when(data.at)} ${data.detail.severity} alert: ${data.detail.summary}`);
     for (const fn of listeners) fn(type, data);
   };
   source.addEventListener("recommendation", handle("recommendation"));
   source.addEventListener("audit", handle("audit"));
+  source.addEventListener("alert", handle("alert"));
   source.addEventListener("session_expired", () => { source.close(); window.location = "/login"; });
 }
 
