@@ -93,6 +93,8 @@ def resource_frame(rng: np.random.Generator, keys: dict[str, pl.Series]) -> pl.D
         "gpu_mem_used_gib": np.clip(rng.normal(62.0, 6.0, n), 0.0, 80.0),
         "gpu_mem_total_gib": np.full(n, 80.0),
         "power_w": 120.0 + util * rng.uniform(4.5, 5.5, n),
+        "sm_clock_mhz": np.full(n, 1980.0),
+        "throttle_reasons": np.zeros(n),
     }
     return pl.DataFrame({**keys, **measures}).select(SCHEMAS[Domain.RESOURCE].columns)
 

@@ -97,6 +97,13 @@ class DecisionSettings(BaseModel):
     kv_pressure_usage: float = Field(
         0.9, gt=0, le=1, description="KV-cache use (p95) from which vLLM preempts and new requests queue"
     )
+    kv_preempted_share: float = Field(
+        0.01,
+        gt=0,
+        le=1,
+        description="preemptions per request (worst hour) from which the KV cache is too small; "
+        "kv_pressure_usage is the fallback where the engine exports no preemption count",
+    )
     min_performance_gain_pct: float = Field(
         10.0, gt=0, description="predicted p95 or capacity gain a performance change must bring"
     )
@@ -131,6 +138,12 @@ class DecisionSettings(BaseModel):
     )
     idle_gpu_min_hours: int = Field(
         24, ge=1, description="hours under the idle line before a GPU is reported"
+    )
+    gpu_throttle_share: float = Field(
+        0.25, gt=0, le=1, description="share of samples throttled for one reason that a GPU is reported at"
+    )
+    gpu_throttle_window_hours: int = Field(
+        3, ge=1, description="the recent hours over which the throttled share is measured"
     )
     consolidation_time_limit_s: float = Field(
         20.0, gt=0, description="MILP solve time limit (best-so-far after)"

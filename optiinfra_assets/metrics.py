@@ -49,6 +49,31 @@ MAX_INSTANCE_POWER_W = 20_000.0  # 8 GPUs of at most 1,200 W, with headroom
 MAX_REQUESTS_PER_S = 1_000_000.0
 MAX_TOKENS_PER_S = 100_000_000.0
 MAX_QUEUE_LENGTH = 10_000_000.0
+# No GPU's SM clock reaches 3.5 GHz (H100 SXM boosts to 1,980 MHz, L40S to 2,520 MHz).
+MAX_SM_CLOCK_MHZ = 5_000.0
+# NVML's clocks-event (throttle) reasons are a bitmask; every reason NVML defines fits in 16 bits.
+MAX_THROTTLE_REASONS = float(0xFFFF)
+
+
+class ThrottleReason:
+    """NVML's clocks-event reason bits (nvmlClocksEventReason*, formerly nvmlClocksThrottleReason*), and the
+    groups a finding names: the bits that mean a GPU ran slower than asked for a physical limit. GPU idle
+    (0x1), application clocks (0x2) and sync boost (0x10) are settings or idleness, not throttling."""
+
+    GPU_IDLE = 0x1
+    APPLICATIONS_CLOCKS = 0x2
+    SW_POWER_CAP = 0x4
+    HW_SLOWDOWN = 0x8
+    SYNC_BOOST = 0x10
+    SW_THERMAL = 0x20
+    HW_THERMAL = 0x40
+    HW_POWER_BRAKE = 0x80
+    # group -> (bits, what a finding calls it)
+    GROUPS: dict[str, tuple[int, str]] = {
+        "power": (SW_POWER_CAP | HW_POWER_BRAKE, "power cap"),
+        "thermal": (SW_THERMAL | HW_THERMAL, "thermal"),
+        "hw_slowdown": (HW_SLOWDOWN, "hardware slowdown"),
+    }
 
 
 @dataclass(frozen=True)
@@ -98,6 +123,9 @@ SCHEMAS: dict[Domain, DomainSchema] = {
             Measure("tokens_per_s", "tok/s", hi=MAX_TOKENS_PER_S),
             Measure("queue_length", "requests", hi=MAX_QUEUE_LENGTH),
             Measure("kv_cache_usage", "fraction", 0.0, 1.0),
+            # Running sequences evicted from the KV cache (vLLM's num_preemptions counter over the
+            # interval, per second); a sequence can be preempted again, so only the request bound holds.
+            Measure("preemptions_per_s", "preemptions/s", hi=MAX_REQUESTS_PER_S),
         ),
     ),
     Domain.RESOURCE: DomainSchema(
@@ -111,6 +139,10 @@ SCHEMAS: dict[Domain, DomainSchema] = {
             Measure("gpu_mem_used_gib", "GiB", hi=MAX_INSTANCE_GPU_MEMORY_GIB, at_most="gpu_mem_total_gib"),
             Measure("gpu_mem_total_gib", "GiB", hi=MAX_INSTANCE_GPU_MEMORY_GIB),
             Measure("power_w", "W", hi=MAX_INSTANCE_POWER_W),
+            # The slowest GPU's SM clock: one throttled GPU holds back a tensor-parallel instance.
+            Measure("sm_clock_mhz", "MHz", hi=MAX_SM_CLOCK_MHZ),
+            # The instance's GPUs' throttle reasons OR-ed (ThrottleReason bits), as a float like every measure.
+            Measure("throttle_reasons", "bitmask", hi=MAX_THROTTLE_REASONS),
         ),
     ),
     Domain.QUALITY: DomainSchema(

@@ -628,6 +628,18 @@ class LoadPoint:
     gpu_util_pct: float
     gpu_mem_used_gib: float
     power_w: float
+    preemptions_per_s: float
+
+
+def preempted_share(cap: ServingCapacity, busy: np.ndarray) -> np.ndarray:
+    """Share of requests vLLM preempts at a busy fraction: its scheduler admits a waiting sequence when the
+    blocks of its prompt are free, so under load it runs up to min(max_num_seqs, KV tokens / prompt)
+    sequences; their outputs then grow them to the average context, and the sequences that no longer fit
+    are evicted (and recomputed later). None are when max_num_seqs keeps the batch within the cache."""
+    prompt = max(cap.avg_context_tokens - cap.avg_output_tokens / 2, 1.0)
+    admitted = busy * min(cap.max_num_seqs, cap.kv_cache_tokens / prompt)
+    demand = np.maximum(admitted * cap.avg_context_tokens, 1e-9)
+    return np.clip(1.0 - cap.kv_cache_tokens / demand, 0.0, 1.0)
 
 
 def load_points(
@@ -671,6 +683,7 @@ def load_points(
         "gpu_util_pct": 100.0 * (1.0 - (1.0 - busy) ** 2),
         "gpu_mem_used_gib": np.full_like(lam, cap.gpu_mem_used_gib),
         "power_w": itype.gpu_count * (gpu.idle_w + (gpu.tdp_w - gpu.idle_w) * busy),
+        "preemptions_per_s": np.minimum(lam, mu) * preempted_share(cap, busy),
     }
 
 

@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 import polars as pl
 import pyarrow as pa
 
-from optiinfra_assets.metrics import SCHEMAS, Domain, DomainSchema
+from optiinfra_assets.metrics import SCHEMAS, Domain, DomainSchema, ThrottleReason
 from resources.errors import StoreUnavailableError, mask_url
 from resources.locks import HandoverLock, lock_path_for
 
@@ -59,9 +59,29 @@ HOURLY_MEASURES: dict[Domain, tuple[str, ...]] = {
         "tokens_per_s",
         "queue_length",
         "kv_cache_usage",
+        # v7: the hour's average per-second p99 (the tail the latency detector watches) and preemptions.
+        "latency_p99_ms",
+        "preemptions_per_s",
     ),
-    Domain.RESOURCE: ("gpu_util_pct", "gpu_mem_used_gib", "gpu_mem_total_gib", "power_w"),
+    Domain.RESOURCE: (
+        "gpu_util_pct",
+        "gpu_mem_used_gib",
+        "gpu_mem_total_gib",
+        "power_w",
+        "sm_clock_mhz",
+        *(f"throttle_{group}" for group in ThrottleReason.GROUPS),
+    ),
     Domain.QUALITY: ("quality_score", "hallucination_score", "toxicity_score"),
+}
+# Hourly measures that are no raw column: the share of an hour's samples throttled for each reason group
+# (ThrottleReason.GROUPS), from the throttle_reasons bitmask, whose own average would mean nothing.
+# name -> (SQL of one sample, the raw column whose NaN means "not reported").
+HOURLY_DERIVED: dict[str, tuple[str, str]] = {
+    f"throttle_{group}": (
+        f"toFloat64(bitAnd(toUInt64(if(isFinite(throttle_reasons), throttle_reasons, 0)), {bits}) != 0)",
+        "throttle_reasons",
+    )
+    for group, (bits, _label) in ThrottleReason.GROUPS.items()
 }
 # The subset that also keeps quantile states: each one costs more per inserted row than the whole
 # validation of it (bench/ingest.py), so only the measures agents read percentiles of.
@@ -202,7 +222,12 @@ def _hourly_view_ddl(db: str, domain: Domain, *, finite_avgs: bool) -> str:
     avgs, quantiled = HOURLY_MEASURES[domain], HOURLY_QUANTILE_MEASURES[domain]
     q_state = _quantiles("State")
     avg = "avgStateIf({m}, isFinite({m}))" if finite_avgs else "avgState({m})"
-    states = [f"{avg.format(m=m)} AS {m}_avg" for m in avgs]
+    states = [
+        f"avgStateIf({HOURLY_DERIVED[m][0]}, isFinite({HOURLY_DERIVED[m][1]})) AS {m}_avg"
+        if m in HOURLY_DERIVED
+        else f"{avg.format(m=m)} AS {m}_avg"
+        for m in avgs
+    ]
     states += [f"{q_state}({m}) AS {m}_q" for m in quantiled]
     return (
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{table}_mv TO {db}.{table} AS\n"
@@ -238,6 +263,24 @@ def _hourly_views_skip_nan(db: str) -> list[str]:
     return out
 
 
+def _gpu_clocks_and_throttling(db: str) -> list[str]:
+    """v5: the SM clock and throttle reasons of the resource domain, in the raw table and its hourly
+    rollup (SM clock averaged, throttle reasons as the share of samples per reason group). Rows stored
+    before read as "not reported" (NaN; an empty average state); each statement can run again."""
+    raw, hourly = SCHEMAS[Domain.RESOURCE].table, HOURLY_TABLES[Domain.RESOURCE]
+    added = ("sm_clock_mhz", "throttle_reasons")
+    out = [
+        f"ALTER TABLE {db}.{raw} ADD COLUMN IF NOT EXISTS {c} Float64 DEFAULT nan CODEC(ZSTD(1))"
+        for c in added
+    ]
+    out += [
+        f"ALTER TABLE {db}.{hourly} ADD COLUMN IF NOT EXISTS {m}_avg AggregateFunction(avg, Float64)"
+        for m in ("sm_clock_mhz", *(f"throttle_{group}" for group in ThrottleReason.GROUPS))
+    ]
+    out += [f"DROP VIEW IF EXISTS {db}.{hourly}_mv", _hourly_view_ddl(db, Domain.RESOURCE, finite_avgs=True)]
+    return out
+
+
 REQUEST_SAMPLES_TABLE = "request_samples"
 
 
@@ -257,6 +300,23 @@ def _request_samples_ddl(db: str) -> str:
     )
 
 
+def _preemptions_and_p99(db: str) -> list[str]:
+    """v7: the performance table's preemptions_per_s column, and the hourly rollup's averages of it and of
+    latency_p99_ms (averages: a quantile state costs more per inserted row, see HOURLY_QUANTILE_MEASURES).
+    Stores created at v1 since then have them already (IF NOT EXISTS); hours rolled up before read NaN."""
+    perf, table = SCHEMAS[Domain.PERFORMANCE].table, HOURLY_TABLES[Domain.PERFORMANCE]
+    return [
+        # DEFAULT nan: rows written before read "not reported" (what averages skip), not zero preemptions.
+        f"ALTER TABLE {db}.{perf} ADD COLUMN IF NOT EXISTS preemptions_per_s Float64 DEFAULT nan CODEC(ZSTD(1))",
+        *(
+            f"ALTER TABLE {db}.{table} ADD COLUMN IF NOT EXISTS {m}_avg AggregateFunction(avg, Float64)"
+            for m in ("latency_p99_ms", "preemptions_per_s")
+        ),
+        f"DROP VIEW IF EXISTS {db}.{table}_mv",
+        _hourly_view_ddl(db, Domain.PERFORMANCE, finite_avgs=True),
+    ]
+
+
 def migrations(db: str) -> list[tuple[int, list[str]]]:
     """Versioned DDL, oldest first. Append a new version; never edit an applied one."""
     v1 = [_domain_table_ddl(db, s) for s in SCHEMAS.values()]
@@ -272,6 +332,8 @@ def migrations(db: str) -> list[tuple[int, list[str]]]:
         (2, _baselines_by_deployment(db)),
         (3, _hourly_views_skip_nan(db)),
         (4, [_request_samples_ddl(db)]),
+        (5, _gpu_clocks_and_throttling(db)),
+        (7, _preemptions_and_p99(db)),
     ]
 
 

@@ -12,7 +12,9 @@ are reported under customer ``unmanaged`` and deployment ``unmanaged:<instance_i
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import os
 import socket
 import statistics
@@ -300,6 +302,8 @@ def vllm_performance(now: Samples, inc: Samples, dt: float) -> Measures:
         "tokens_per_s": _rate(inc, dt, "vllm:generation_tokens_total"),
         "queue_length": _gauge_total(now, "vllm:num_requests_waiting"),
         "kv_cache_usage": _gauge_mean(now, "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+        # A counter (V0 and V1 alike): sequences the scheduler evicted for want of KV blocks, per second.
+        "preemptions_per_s": _rate(inc, dt, "vllm:num_preemptions_total"),
     }
 
 
@@ -325,6 +329,7 @@ def tgi_performance(now: Samples, inc: Samples, dt: float) -> Measures:
         # TGI exports no KV-cache usage: tgi_batch_current_max_tokens is the batch's token budget (what
         # it reserved, not what its cache holds), and the limit it would be a share of is only in /info.
         "kv_cache_usage": None,
+        "preemptions_per_s": None,  # TGI exports no preemption count
     }
 
 
@@ -355,6 +360,7 @@ ENGINES = (
             "vllm:time_to_first_token_seconds",
             *VLLM_ITL,
             "vllm:e2e_request_latency_seconds",
+            "vllm:num_preemptions",
         ),
         vllm_performance,
     ),
@@ -573,21 +579,28 @@ def _cuda_visible_note() -> str:
 
 
 def _fields(pynvml: Any) -> dict[str, Callable[[Any], float]]:
-    """How each resource measure is read from one GPU handle. The resource schema has no column for the
-    SM clock or throttle reasons, so they are not read."""
+    """How each resource measure is read from one GPU handle."""
     return {
         "gpu_util_pct": lambda h: float(pynvml.nvmlDeviceGetUtilizationRates(h).gpu),
         "gpu_mem_used_gib": lambda h: pynvml.nvmlDeviceGetMemoryInfo(h).used / GIB,
         "gpu_mem_total_gib": lambda h: pynvml.nvmlDeviceGetMemoryInfo(h).total / GIB,
         "power_w": lambda h: pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0,  # milliwatts
+        "sm_clock_mhz": lambda h: float(pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)),
+        # The bitmask of nvmlClocksEventReason* bits (ThrottleReason); 0 when running at the asked clock.
+        "throttle_reasons": lambda h: float(pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(h)),
     }
 
 
 def _combine(measure: str, values: list[float | None]) -> float | None:
-    """One instance's measure over its GPUs: utilization averaged, amounts (memory, power) summed."""
+    """One instance's measure over its GPUs: utilization averaged, amounts (memory, power) summed, the SM
+    clock the slowest GPU's (it holds back a tensor-parallel step), throttle reasons OR-ed."""
     reported = [v for v in values if v is not None]
     if measure == "gpu_util_pct":
         return statistics.fmean(reported) if reported else None
+    if measure == "sm_clock_mhz":
+        return min(reported) if reported else None
+    if measure == "throttle_reasons":
+        return float(functools.reduce(operator.or_, (int(v) for v in reported), 0)) if reported else None
     # A sum over some of the GPUs would understate the instance: not reported unless all of them are.
     return sum(reported) if reported and len(reported) == len(values) else None
 

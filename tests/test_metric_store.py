@@ -12,9 +12,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from optiinfra_assets.metrics import SCHEMAS, Domain
+from optiinfra_assets.metrics import SCHEMAS, Domain, ThrottleReason
 from resources.metric_store import (
     BASELINE_TABLE,
+    HOURLY_DERIVED,
     HOURLY_MEASURES,
     HOURLY_QUANTILE_MEASURES,
     ChdbMetricStore,
@@ -185,6 +186,12 @@ def test_hourly_rollups_hold_avg_and_quantiles(store: ChdbMetricStore, domain: D
     row = out.row(0, named=True)
     assert row["hour"] == T0 and row["deployment_id"] == "d-1" and row["samples"] == n
     for m in HOURLY_MEASURES[domain]:
+        if m in HOURLY_DERIVED:  # the share of samples with the group's throttle-reason bits set
+            _sql, source = HOURLY_DERIVED[m]
+            bits = ThrottleReason.GROUPS[m.removeprefix("throttle_")][0]
+            expected = np.mean([int(v) & bits != 0 for v in values[source]])
+            assert row[f"{m}_avg"] == pytest.approx(expected, rel=1e-9), m
+            continue
         assert row[f"{m}_avg"] == pytest.approx(np.mean(values[m]), rel=1e-9)
     for m in HOURLY_QUANTILE_MEASURES[domain]:
         x = np.asarray(values[m])

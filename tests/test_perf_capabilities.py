@@ -93,6 +93,11 @@ def _created(
 def _kv(rec: Recommendation) -> None:
     ev = rec.evidence
     assert isinstance(ev, KvCacheTuningEvidence)
+    # vLLM's preemption count (the sandbox preempts what the cache cannot hold) is the signal it acted on.
+    assert ev.pressure_signal == "preemptions"
+    assert ev.observed_preempted_share is not None
+    assert ev.observed_preempted_share >= DecisionSettings().kv_preempted_share
+    assert ev.observed_kv_usage_p95 is not None
     assert ev.observed_kv_usage_p95 >= DecisionSettings().kv_pressure_usage
     assert rec.desired.engine.kv_cache_dtype is KvCacheDtype.FP8  # an H100 has FP8
     assert rec.desired.engine.gpu_memory_utilization > rec.current.engine.gpu_memory_utilization
@@ -173,7 +178,7 @@ def _observed_vs_predicted(svc: Services, rec: Recommendation, at: datetime) -> 
     )
     perf = frames[Domain.PERFORMANCE]
     load = perf["requests_per_s"].to_numpy()
-    names = ("itl_ms", "ttft_ms", "latency_p95_ms", "kv_cache_usage")
+    names = ("itl_ms", "ttft_ms", "latency_p95_ms", "kv_cache_usage", "preemptions_per_s")
     observed = {n: float(np.median(perf[n].to_numpy())) for n in names}
 
     def predicted(config: DeploymentConfig) -> dict[str, float]:

@@ -23,7 +23,7 @@ import polars as pl
 import pynvml
 import pytest
 
-from optiinfra_assets.metrics import SCHEMAS, Domain
+from optiinfra_assets.metrics import SCHEMAS, Domain, ThrottleReason
 from optiinfra_assets.models import Customer, Deployment, Instance, Lifecycle
 from optiinfra_assets.sandbox import initial_fleet
 from optiinfra_assets.snapshot import FleetSnapshot
@@ -79,6 +79,8 @@ def vllm_v1_page(k: int, engines: int = 2) -> str:
     lines.append("# TYPE vllm:generation_tokens counter")
     for e in range(engines):
         lines.append(f'vllm:generation_tokens_total{{engine="{e}",{MODEL}}} {2048.0 * k}')
+    lines.append("# TYPE vllm:num_preemptions counter")  # engine e preempts 3 + e sequences a round
+    lines += [f'vllm:num_preemptions_total{{engine="{e}",{MODEL}}} {(3.0 + e) * k}' for e in range(engines)]
     for name, counts, total in (
         ("vllm:time_to_first_token_seconds", [10, 0, 0, 0, 0, 0], 1.0),
         ("vllm:inter_token_latency_seconds", [2048, 0, 0, 0, 0, 0], 20.48),
@@ -321,6 +323,8 @@ def test_vllm_v1_data_parallel_engines(server: str, fleet: FleetSnapshot) -> Non
     assert row["tokens_per_s"] == pytest.approx(2 * 2048 / 10)
     assert row["ttft_ms"] == pytest.approx(100.0)
     assert row["itl_ms"] == pytest.approx(10.0)
+    # The counter's growth over the interval, summed over engines: (3 + 4) preemptions in 10 s.
+    assert row["preemptions_per_s"] == pytest.approx(0.7)
     # The round's 20 requests (bucket increases, not totals): median at the top of (2.5, 5], p95 and p99
     # interpolated inside (5, 10].
     assert row["latency_p50_ms"] == pytest.approx(5000.0)
@@ -334,6 +338,7 @@ def test_vllm_v0_names(server: str, fleet: FleetSnapshot) -> None:
     assert row["requests_per_s"] == pytest.approx(2.0) and row["tokens_per_s"] == pytest.approx(512.0)
     assert row["ttft_ms"] == pytest.approx(200.0) and row["itl_ms"] == pytest.approx(20.0)
     assert row["latency_p50_ms"] == pytest.approx(750.0)
+    assert row["preemptions_per_s"] is None  # this server exports no preemption counter: not 0.0
 
 
 def test_a_vllm_server_that_also_exports_tgi_names_is_read_as_vllm(server: str, fleet: FleetSnapshot) -> None:
@@ -346,6 +351,7 @@ def test_a_vllm_server_that_also_exports_tgi_names_is_read_as_vllm(server: str, 
 def test_tgi_router_metrics(server: str, fleet: FleetSnapshot) -> None:
     row = scrape_twice({"i-tgi": server + "/tgi"}, fleet, JsonState())["i-tgi"]
     assert row["kv_cache_usage"] is None  # TGI exports no KV-cache gauge: not reported, not 0.0
+    assert row["preemptions_per_s"] is None
     assert row["queue_length"] == 4.0
     assert row["requests_per_s"] == pytest.approx(0.2) and row["tokens_per_s"] == pytest.approx(100.0)
     assert row["ttft_ms"] == pytest.approx(100.0 + 200.0)  # queue 0.1 s + prefill forward 0.2 s
@@ -384,6 +390,7 @@ def test_the_previous_scrape_is_kept_in_the_state_store(
     assert set(kept["samples"]) == {
         "vllm:request_success_total",
         "vllm:generation_tokens_total",
+        "vllm:num_preemptions_total",
         *(
             f"vllm:{name}_{suffix}"
             for name in (
@@ -461,6 +468,8 @@ class FakeGpu:
     mem_total_gib: float
     util_pct: float | None = None  # None: NVMLError_NotSupported
     power_w: float | None = None
+    sm_clock_mhz: float | None = None
+    throttle_reasons: int | None = None
     mig_mode: int | None = None  # None: not a MIG-capable GPU
     migs: dict[int, FakeGpu] = field(default_factory=dict)  # slot -> MIG device
 
@@ -499,6 +508,11 @@ def fake_pynvml(gpus: list[FakeGpu | int]) -> types.ModuleType:
             used=int(g.mem_used_gib * GIB), total=int(g.mem_total_gib * GIB)
         ),
         nvmlDeviceGetPowerUsage=lambda g: int(supported(g.power_w) * 1000),  # milliwatts
+        NVML_CLOCK_SM=pynvml.NVML_CLOCK_SM,
+        nvmlDeviceGetClockInfo=lambda g, clock: (
+            int(supported(g.sm_clock_mhz)) if clock == pynvml.NVML_CLOCK_SM else supported(None)
+        ),
+        nvmlDeviceGetCurrentClocksThrottleReasons=lambda g: int(supported(g.throttle_reasons)),
         nvmlDeviceGetMigMode=lambda g: [supported(g.mig_mode), g.mig_mode],
         nvmlDeviceGetMaxMigDeviceCount=lambda g: 7,
         nvmlDeviceGetMigDeviceHandleByIndex=mig,
@@ -602,3 +616,28 @@ def test_sandbox_source_wraps_generate() -> None:
     assert batch.status == "ok"
     assert batch.frames[Domain.PERFORMANCE].height == 12 * len(fleet.instances)
     assert batch.frames[Domain.COST].height == len(fleet.instances)
+
+
+def test_nvml_reads_the_sm_clock_and_throttle_reasons(
+    nvml: Callable[[list[FakeGpu | int]], None], fleet: FleetSnapshot
+) -> None:
+    # What an H100 answered (shared/reference): 1,980 MHz and no reason idle-to-moderate; under a matmul
+    # at the 700 W limit, the software power cap (4) and a lower clock. A GPU without the query: not reported.
+    power_capped = pynvml.nvmlClocksEventReasonSwPowerCap
+    thermal = pynvml.nvmlClocksEventReasonHwThermalSlowdown
+    assert (power_capped, thermal) == (ThrottleReason.SW_POWER_CAP, ThrottleReason.HW_THERMAL)
+    nvml(
+        [
+            FakeGpu("GPU-aaaa", 10, 80, util_pct=40, sm_clock_mhz=1980, throttle_reasons=0),
+            FakeGpu("GPU-bbbb", 70, 80, util_pct=100, sm_clock_mhz=1755, throttle_reasons=power_capped),
+            FakeGpu("GPU-cccc", 70, 80, util_pct=100, sm_clock_mhz=1410, throttle_reasons=thermal),
+            FakeGpu("GPU-dddd", 70, 80, util_pct=100),
+        ]
+    )
+    rows, status = nvml_rows(fleet, "0=i-a, 1=i-b, 2=i-b, 3=i-c")
+    assert rows["i-a"]["sm_clock_mhz"] == 1980.0 and rows["i-a"]["throttle_reasons"] == 0.0
+    # The slowest GPU's clock, and the reasons of both GPUs of the instance.
+    assert rows["i-b"]["sm_clock_mhz"] == 1410.0
+    assert rows["i-b"]["throttle_reasons"] == float(power_capped | thermal)
+    assert rows["i-c"]["sm_clock_mhz"] is None and rows["i-c"]["throttle_reasons"] is None
+    assert "throttle_reasons not reported by GPU-dddd: Not Supported" in status

@@ -1,7 +1,8 @@
 """KV-cache tuning: give a deployment whose KV cache is full more of it.
 
-When the observed KV-cache use sits at the level where vLLM preempts running sequences and queues new ones
-(``DecisionSettings.kv_pressure_usage``), the capacity model tries what vLLM offers without new hardware:
+When vLLM preempts running sequences for want of KV blocks (the hourly preemptions per request reach
+``DecisionSettings.kv_preempted_share``; where the engine exports no preemption count, when the observed
+KV-cache use sits at ``kv_pressure_usage``, where vLLM starts preempting and queueing), the capacity model tries what vLLM offers without new hardware:
 a larger ``gpu_memory_utilization`` (up to ``max_gpu_memory_utilization``), an FP8 KV cache (half the bytes
 per token, where the GPU has FP8), prefix caching, and ``max_num_seqs`` set to what the cache then holds so
 that the scheduler stops admitting sequences it would preempt. It proposes the config with the lowest
@@ -11,8 +12,12 @@ predicted p95 at the observed peak, with both forecasts (concurrency, capacity, 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import product
 from typing import ClassVar, Literal
+
+import numpy as np
+import polars as pl
 
 from optiinfra_assets.agents import application, performance
 from optiinfra_assets.agents.capability import Evidence, Objective, PerDeploymentCapability, Proposal
@@ -33,6 +38,7 @@ from optiinfra_assets.models import Customer, Deployment, DeploymentConfig, KvCa
 from optiinfra_assets.snapshot import FleetSnapshot
 
 KIND = "kv_cache_tuning"
+PREEMPTIONS, KV_USAGE = "preemptions", "kv_cache_usage"
 
 
 class KvCacheTuningEvidence(Evidence):
@@ -40,8 +46,12 @@ class KvCacheTuningEvidence(Evidence):
     deployment_id: str
     model: str
     instance_type: str
-    observed_kv_usage_p95: float
-    observed_kv_usage_median: float
+    pressure_signal: Literal["preemptions", "kv_cache_usage"]  # which observation showed the pressure
+    observed_preempted_share: float | None  # preemptions per request, worst hour (None: not exported)
+    observed_preemptions_per_s: float | None  # per instance, in that hour
+    kv_preempted_share: float
+    observed_kv_usage_p95: float | None
+    observed_kv_usage_median: float | None
     kv_pressure_usage: float
     observed_peak_requests_per_s: float
     before: Predicted
@@ -49,6 +59,76 @@ class KvCacheTuningEvidence(Evidence):
     changes: dict[str, tuple[object, object]]  # engine field -> (now, proposed)
     expected_quality_drop_pct: float
     candidates_tried: int
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+@dataclass(frozen=True)
+class KvPressure:
+    """What showed the KV cache too small: vLLM's preemption count, or (where the engine exports none) the
+    KV-cache usage at which vLLM starts to preempt."""
+
+    signal: Literal["preemptions", "kv_cache_usage"]
+    preempted_share: float | None = None
+    preemptions_per_s: float | None = None
+    kv_p95: float | None = None
+    kv_median: float | None = None
+
+    def describe(self, settings: DecisionSettings) -> str:
+        kv = "" if self.kv_p95 is None else f" (KV cache p95 {self.kv_p95:.0%}, median {self.kv_median:.0%})"
+        if self.signal == PREEMPTIONS:
+            return (
+                f"vLLM preempted {self.preempted_share:.1%} of requests in the worst hour "
+                f"({self.preemptions_per_s:.3f}/s per instance), at or over {settings.kv_preempted_share:.1%}"
+                f"{kv}: the cache cannot hold the sequences the scheduler admits"
+            )
+        return (
+            f"no preemption count exported; KV cache p95 {self.kv_p95:.0%} (median {self.kv_median:.0%}) is at "
+            f"or over {settings.kv_pressure_usage:.0%}: vLLM preempts running sequences and queues new ones"
+        )
+
+
+def worst_hour_preemptions(hourly: pl.DataFrame) -> tuple[float, float] | None:
+    """(preemptions per request, preemptions/s per instance) of the hour with the most preemptions per
+    request, over the hours that report preemptions; None when none does (an engine without the counter,
+    or hours rolled up before the store kept it)."""
+    if hourly.is_empty() or "preemptions_per_s_avg" not in hourly.columns:
+        return None
+    preemptions = hourly["preemptions_per_s_avg"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    requests = hourly["requests_per_s_avg"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    reported = np.isfinite(preemptions) & np.isfinite(requests) & (requests > 0)
+    if not reported.any():
+        return None
+    share = np.where(reported, preemptions / np.where(reported, requests, 1.0), -np.inf)
+    worst = int(np.argmax(share))
+    return float(share[worst]), float(preemptions[worst])
+
+
+def kv_pressure(
+    snapshot: FleetSnapshot, deployment: Deployment, settings: DecisionSettings
+) -> KvPressure | str:
+    """The KV pressure the deployment is under, or why there is none (or nothing to tell)."""
+    kv = snapshot.baselines.get(deployment.id, {}).get(KV_USAGE)
+    kv_p95, kv_median = (kv.p95, kv.median) if kv is not None and kv.n > 0 else (None, None)
+    observed = worst_hour_preemptions(snapshot.hourly_of("performance", deployment.id))
+    if observed is not None:
+        share, per_s = observed
+        if share < settings.kv_preempted_share:
+            return (
+                f"vLLM preempted {share:.2%} of requests in the worst hour, under the "
+                f"{settings.kv_preempted_share:.1%} of pressure"
+            )
+        return KvPressure(PREEMPTIONS, share, per_s, kv_p95, kv_median)
+    if kv_p95 is None or kv_median is None:
+        return "no preemption count and no KV-cache usage baseline yet"
+    if kv_p95 < settings.kv_pressure_usage:
+        return (
+            f"no preemption count; KV cache p95 {kv_p95:.0%} is under the "
+            f"{settings.kv_pressure_usage:.0%} of pressure"
+        )
+    return KvPressure(KV_USAGE, kv_p95=kv_p95, kv_median=kv_median)
 
 
 def kv_candidates(config: DeploymentConfig, settings: DecisionSettings) -> Iterator[DeploymentConfig]:
@@ -126,25 +206,23 @@ class KvCacheTuning(PerDeploymentCapability):
     def analyze_deployment(
         self, snapshot: FleetSnapshot, customer: Customer, deployment: Deployment, settings: DecisionSettings
     ) -> Proposal | str:
-        baselines = snapshot.baselines.get(deployment.id, {})
-        kv = baselines.get("kv_cache_usage")
-        if kv is None or kv.n == 0:
-            return "no KV-cache usage baseline yet"
-        if kv.p95 < settings.kv_pressure_usage:
-            return f"KV cache p95 {kv.p95:.0%} is under the {settings.kv_pressure_usage:.0%} of pressure"
-        peak = observed_peak_requests_per_s(baselines, deployment.replicas, settings)
+        pressure = kv_pressure(snapshot, deployment, settings)
+        if isinstance(pressure, str):
+            return pressure
+        peak = observed_peak_requests_per_s(
+            snapshot.baselines.get(deployment.id, {}), deployment.replicas, settings
+        )
         if peak is None:
             return "no load baseline to size the KV cache for"
         tuned = tune_kv_cache(deployment, peak, settings)
         if isinstance(tuned, str):
             return tuned
-        return self._proposal(deployment, kv.p95, kv.median, peak, *tuned, settings)
+        return self._proposal(deployment, pressure, peak, *tuned, settings)
 
     def _proposal(
         self,
         deployment: Deployment,
-        kv_p95: float,
-        kv_median: float,
+        pressure: KvPressure,
         peak: float,
         desired: DeploymentConfig,
         before: ConfigForecast,
@@ -160,8 +238,12 @@ class KvCacheTuning(PerDeploymentCapability):
             deployment_id=deployment.id,
             model=deployment.model,
             instance_type=current.instance_type,
-            observed_kv_usage_p95=round(kv_p95, 4),
-            observed_kv_usage_median=round(kv_median, 4),
+            pressure_signal=pressure.signal,
+            observed_preempted_share=_rounded(pressure.preempted_share),
+            observed_preemptions_per_s=_rounded(pressure.preemptions_per_s),
+            kv_preempted_share=settings.kv_preempted_share,
+            observed_kv_usage_p95=_rounded(pressure.kv_p95),
+            observed_kv_usage_median=_rounded(pressure.kv_median),
             kv_pressure_usage=settings.kv_pressure_usage,
             observed_peak_requests_per_s=round(peak, 4),
             before=was,
@@ -170,8 +252,7 @@ class KvCacheTuning(PerDeploymentCapability):
             expected_quality_drop_pct=round(quality_drop, 3),
             candidates_tried=tried,
             reasons=[
-                f"KV cache p95 {kv_p95:.0%} (median {kv_median:.0%}) is at or over "
-                f"{settings.kv_pressure_usage:.0%}: vLLM preempts running sequences and queues new ones",
+                pressure.describe(settings),
                 f"now: {was.describe()}",
                 f"proposed ({', '.join(f'{k} {a} -> {b}' for k, (a, b) in changes.items())}): {now.describe()}",
                 f"expected quality cost {max(quality_drop, 0.0):.2f}% (gate {settings.max_quality_drop_pct:g}%)",

@@ -21,6 +21,7 @@ from optiinfra_assets.snapshot import FleetSnapshot
 
 LOAD = "requests_per_s_avg"
 KV = "kv_cache_usage_avg"
+PREEMPTIONS = "preemptions_per_s_avg"
 # Load this much above (or below, for throughput) its usual level explains a change by itself.
 LOAD_RISE = 1.25
 # A change (instances launched, a rollout) this long before an anomalous hour is a suspect for it.
@@ -36,13 +37,22 @@ class Watched:
     worse: Literal["high", "low"]
     label: str
     slo_bound: bool = False  # compared with the customer's p95 SLO for severity
+    # Read instead, for the whole series, when some hour lacks ``column`` (rolled up before the store kept it):
+    # a series that switched definitions half-way would flag the switch.
+    fallback: str | None = None
 
 
 WATCHED: tuple[Watched, ...] = (
     Watched("latency_p95_ms", "latency_p95_ms_p50", "high", "p95 latency", slo_bound=True),
-    # The hourly rollup keeps quantiles of the per-second p95: its 99th percentile is the hour's tail.
+    # The tail: the hour's average per-second p99; before the rollup kept it (metric store v7), the 99th
+    # percentile of the hour's per-second p95.
     Watched(
-        "latency_p95_ms_p99", "latency_p95_ms_p99", "high", "tail latency (p99 of the hour)", slo_bound=True
+        "latency_p99_ms",
+        "latency_p99_ms_avg",
+        "high",
+        "p99 latency",
+        slo_bound=True,
+        fallback="latency_p95_ms_p99",
     ),
     Watched("ttft_ms", "ttft_ms_p50", "high", "time to first token"),
     Watched("itl_ms", "itl_ms_p50", "high", "inter-token latency"),
@@ -72,15 +82,35 @@ def recent_change(deployment: Deployment, instances: list[Instance], since: date
     return f"{len(launched)} instance{'s' if len(launched) != 1 else ''} launched{what} by {latest:%Y-%m-%d %H:%M}"
 
 
-def explain(watched: Watched, rows: pl.DataFrame, last: int, change: str | None, kv_pressure: float) -> str:
+def _kv_pressure(rows: pl.DataFrame, last: int, settings: DecisionSettings) -> str | None:
+    """The KV-cache pressure of hour ``last`` in words: preemptions where the engine counts them, else the
+    cache's usage; None when there is none."""
+    load = _floats(rows, LOAD)
+    preemptions = _floats(rows, PREEMPTIONS)
+    if preemptions is not None and load is not None and np.isfinite(preemptions[last]) and load[last] > 0:
+        share = preemptions[last] / load[last]
+        if share < settings.kv_preempted_share:
+            return None
+        return f"KV-cache pressure: vLLM preempted {share:.1%} of requests ({preemptions[last]:.3f}/s)"
+    kv = _floats(rows, KV)
+    if kv is not None and kv[last] >= settings.kv_pressure_usage:
+        return f"KV-cache pressure: {kv[last]:.0%} of the cache in use"
+    return None
+
+
+def _floats(rows: pl.DataFrame, column: str) -> np.ndarray | None:
+    return rows[column].cast(pl.Float64).fill_null(np.nan).to_numpy() if column in rows.columns else None
+
+
+def explain(
+    watched: Watched, rows: pl.DataFrame, last: int, change: str | None, settings: DecisionSettings
+) -> str:
     """Why the newest hour of ``watched`` is anomalous: a change first, then load, then the KV cache."""
-    load = rows[LOAD].to_numpy() if LOAD in rows.columns else None
-    kv = rows[KV].to_numpy() if KV in rows.columns else None
+    load = _floats(rows, LOAD)
     usual_load = float(np.median(load[:last])) if load is not None and last else None
-    context = []
-    kv_full = kv is not None and kv[last] >= kv_pressure
-    if kv_full:
-        context.append(f"KV-cache pressure: {kv[last]:.0%} of the cache in use")
+    pressure = _kv_pressure(rows, last, settings)
+    context = [pressure] if pressure else []
+    kv_full = pressure is not None
     more_load = usual_load is not None and usual_load > 0 and load[last] >= LOAD_RISE * usual_load
     less_load = usual_load is not None and usual_load > 0 and load[last] * LOAD_RISE <= usual_load
     if change is not None:
@@ -94,6 +124,15 @@ def explain(watched: Watched, rows: pl.DataFrame, last: int, change: str | None,
     if more_load:
         return f"load: {load[last]:.2f} req/s against a usual {usual_load:.2f}"
     return "no load or KV-cache change explains it: a regression (a change, a model or engine issue)"
+
+
+def series_column(rows: pl.DataFrame, watched: Watched) -> str | None:
+    """The column ``watched`` is read from: its own when every hour has it, else its fallback."""
+    if watched.column in rows.columns:
+        values = rows[watched.column].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        if np.isfinite(values).all() or watched.fallback not in rows.columns:
+            return watched.column
+    return watched.fallback if watched.fallback in rows.columns else None
 
 
 class LatencyAnomalies(Detector):
@@ -110,8 +149,9 @@ class LatencyAnomalies(Detector):
             customer = snapshot.customer_by_id.get(deployment.customer_id)
             slo = customer.slo_p95_latency_ms if customer else float("inf")
             for watched in WATCHED:
-                if watched.column in rows.columns:
-                    finding = self._check(snapshot, deployment, rows, watched, slo, settings)
+                column = series_column(rows, watched)
+                if column is not None:
+                    finding = self._check(snapshot, deployment, rows, watched, column, slo, settings)
                     if finding is not None:
                         findings.append(finding)
         return findings
@@ -122,10 +162,11 @@ class LatencyAnomalies(Detector):
         deployment: Deployment,
         rows: pl.DataFrame,
         watched: Watched,
+        column: str,
         slo: float,
         settings: DecisionSettings,
     ) -> Finding | None:
-        values = rows[watched.column].to_numpy().astype(np.float64)
+        values = rows[column].cast(pl.Float64).fill_null(np.nan).to_numpy()
         if np.isnan(values).all():
             return None
         newest = newest_hour_anomaly(values, rows["hour"].to_numpy())
@@ -138,7 +179,7 @@ class LatencyAnomalies(Detector):
         hour: datetime = rows["hour"][last]
         instances = snapshot.running_by_deployment.get(deployment.id, [])
         change = recent_change(deployment, instances, hour - CHANGE_WINDOW)
-        explanation = explain(watched, rows, last, change, settings.kv_pressure_usage)
+        explanation = explain(watched, rows, last, change, settings)
         if watched.slo_bound:
             severity = Risk.HIGH if newest.value > slo else Risk.MEDIUM
         else:
