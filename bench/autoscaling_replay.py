@@ -13,8 +13,9 @@ Mooncake's per-minute conversation trace; requests/min). The replay runs minute 
   GPU time from the order; a removed one stops at once.
 * policies, all with the same DecisionSettings (hysteresis, cooldown, lead time), none tuned per trace:
   predictive - the autoscaler's own decision (agents/resource/autoscaling.py): the shared forecaster on the
-  trace's native step, re-run when a new point arrives, its upper-95% peak over the lead window, plus the
-  last 1-minute observation, sized for the SLO through the serving model;
+  trace's native step, re-run when a new point arrives, its upper-95% peak over the lead window, at least the
+  last 1-minute observation, raised by how far that observation is above the forecast for the step in
+  progress, sized for the SLO through the serving model;
   reactive - HPA-like: replicas = ceil(load / (replica capacity x target utilization)) on 1-minute metrics;
   peak - a fixed fleet sized for the trace's peak minute with the same SLO sizing.
 

@@ -24,7 +24,7 @@ from optiinfra_assets.catalog import (
     instance_type,
     model,
 )
-from optiinfra_assets.metrics import KEY_COLUMNS, SCHEMAS, Domain
+from optiinfra_assets.metrics import KEY_COLUMNS, SCHEMAS, Domain, ThrottleReason
 from optiinfra_assets.models import (
     Customer,
     Deployment,
@@ -363,12 +363,63 @@ def _running_mask(instances: Sequence[Instance], ts_s: np.ndarray) -> np.ndarray
     return (ms >= lo) & (ms < hi)
 
 
+# The load of the deployments in TRACE_SHAPED_DEPLOYMENTS has a real trace's shape: ServeGen language/m-small,
+# all 43 clients summed (alibaba/ServeGen @ f891d1189eb32b3868dfc443800c4150548c282a, Apache-2.0), 14 days of
+# requests/min at 10-minute steps, reduced by scripts/derive_load_shape.py (which documents how) to:
+# - the day's shape: per 10-minute slot from 00:00 UTC, the slot's rate over its day's mean (median of the days),
+#   with a late-evening peak of 1.45 and a morning trough of 0.63;
+TRACE_SLOT_S = 600
+# fmt: off
+TRACE_DAY_SHAPE: tuple[float, ...] = (
+    0.912, 0.874, 0.843, 0.814, 0.785, 0.753, 0.731, 0.703, 0.691, 0.674, 0.675, 0.690,
+    0.729, 0.680, 0.727, 0.719, 0.729, 0.724, 0.723, 0.706, 0.704, 0.674, 0.673, 0.633,
+    0.642, 0.644, 0.661, 0.672, 0.669, 0.680, 0.680, 0.675, 0.686, 0.704, 0.701, 0.692,
+    0.720, 0.747, 0.738, 0.753, 0.781, 0.809, 0.809, 0.830, 0.811, 0.833, 0.881, 0.908,
+    0.919, 1.014, 1.003, 1.040, 1.042, 1.051, 1.058, 1.134, 1.058, 1.173, 1.162, 1.189,
+    1.091, 1.124, 1.110, 1.116, 1.093, 1.106, 1.115, 1.125, 1.090, 1.093, 1.114, 1.118,
+    1.039, 1.008, 1.073, 1.070, 1.001, 1.042, 1.081, 1.045, 1.035, 1.044, 1.021, 1.019,
+    1.049, 1.030, 1.075, 1.056, 1.042, 1.047, 1.016, 0.989, 1.018, 1.024, 1.053, 1.064,
+    1.006, 1.044, 1.051, 1.081, 1.058, 1.063, 1.038, 1.053, 1.056, 1.051, 1.023, 1.000,
+    1.002, 1.034, 1.027, 1.032, 1.024, 1.051, 1.086, 1.144, 1.188, 1.209, 1.244, 1.284,
+    1.372, 1.428, 1.452, 1.432, 1.445, 1.418, 1.385, 1.451, 1.449, 1.449, 1.411, 1.413,
+    1.407, 1.384, 1.364, 1.328, 1.287, 1.262, 1.225, 1.166, 1.130, 1.075, 1.048, 0.997,
+)
+# fmt: on
+# - its bursts: quantiles (0%, 5%, ..., 100%) of each window's rate over its slot's shape value, one draw per
+#   deployment and 10-minute window (a burst of up to 2x, a lull down to 0.56x).
+# fmt: off
+TRACE_BURST_QUANTILES: tuple[float, ...] = (
+    0.563, 0.746, 0.795, 0.841, 0.875, 0.900, 0.919, 0.937, 0.954, 0.968, 0.978,
+    0.989, 1.006, 1.024, 1.043, 1.064, 1.095, 1.147, 1.223, 1.342, 1.979,
+)
+# fmt: on
+TRACE_SHAPED_DEPLOYMENTS = frozenset(
+    {"initech-idle-mistral7b", "initech-pack-qwen14b-a", "initech-pack-qwen14b-b"}
+)
+_TRACE_DAY = np.array(TRACE_DAY_SHAPE)
+_TRACE_BURSTS = np.array(TRACE_BURST_QUANTILES)
+_BURST_LEVELS = np.linspace(0.0, 1.0, _TRACE_BURSTS.size)
+_BURST_STREAM = 40  # a noise stream of the deployment's key no other draw uses
+
+
 def demand_factor(ts_s: np.ndarray) -> np.ndarray:
     """Relative demand at each epoch second: diurnal with an afternoon (UTC) peak, weekends lower."""
     hour = (ts_s % 86_400) / 3600.0
     weekday = (ts_s // 86_400 + _EPOCH_THURSDAY) % 7
     diurnal = 1.0 + DIURNAL_AMPLITUDE * np.cos(2.0 * np.pi * (hour - PEAK_HOUR_UTC) / 24.0)
     return diurnal * np.where(weekday >= 5, WEEKEND_FACTOR, 1.0)
+
+
+def traced_demand_factor(ts_s: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Relative demand with the trace's shape at each epoch second (``keys``: each row's deployment key): the
+    slot's TRACE_DAY_SHAPE value scaled so that the day's peak is the other deployments' (a row's
+    utilization at the weekday peak keeps its meaning), times the window's burst, weekends lower."""
+    slot = ((ts_s % 86_400) // TRACE_SLOT_S).astype(np.int64)
+    window = ts_s // TRACE_SLOT_S
+    burst = np.interp(_uniform(keys, window, _BURST_STREAM), _BURST_LEVELS, _TRACE_BURSTS)
+    weekday = (ts_s // 86_400 + _EPOCH_THURSDAY) % 7
+    day = _TRACE_DAY[slot] * (_PEAK_FACTOR / _TRACE_DAY.max())
+    return day * burst * np.where(weekday >= 5, WEEKEND_FACTOR, 1.0)
 
 
 # ------------------------------------------------------------------------------------------ generation
@@ -404,6 +455,8 @@ class _Fleet:
         dep_index = {did: k for k, did in enumerate(dep_ids)}
         self.dep_idx = np.array([dep_index[d.id] for d in self.deployments], dtype=np.int64)
         self.base_rps = np.array([dep_by_id[did].base_requests_per_s for did in dep_ids], dtype=np.float64)
+        self.traced = np.array([did in TRACE_SHAPED_DEPLOYMENTS for did in dep_ids], dtype=bool)
+        self.burst_keys = np.array([_key(seed, "burst:" + did) for did in dep_ids], dtype=np.uint64)
         # (capacity, instance type, quality factor) per serving group; group_idx: each instance's group.
         self.groups: list[tuple[ServingCapacity, InstanceType, float]] = []
         group_of: dict[tuple[str, str, EngineConfig], int] = {}
@@ -463,7 +516,11 @@ def _instance_load(
     # One cell per (ts, deployment): there are never more cells than rows, so the count stays linear.
     cell = t_idx * fleet.n_deployments + dep_rows
     running = np.bincount(cell, minlength=ts_s.size * fleet.n_deployments)[cell]
-    share = fleet.base_rps[dep_rows] * demand_factor(ts_s)[t_idx] / np.maximum(running, 1)
+    factor = demand_factor(ts_s)[t_idx]
+    traced = fleet.traced[dep_rows]
+    if traced.any():
+        factor[traced] = traced_demand_factor(ts_s[t_idx][traced], fleet.burst_keys[dep_rows][traced])
+    share = fleet.base_rps[dep_rows] * factor / np.maximum(running, 1)
     noise = 1.0 + LOAD_NOISE * _normal(keys, ts_s[t_idx], 0)
     return np.maximum(share * noise, 0.0)
 
@@ -484,6 +541,42 @@ def _serve(fleet: _Fleet, n_idx: np.ndarray, load: np.ndarray, names: Sequence[s
 
 
 _LATENCIES = ("ttft_ms", "itl_ms", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
+# Max boost SM clocks (MHz) from NVIDIA's data sheets; a GPU not listed boosts to the default.
+_BOOST_CLOCK_MHZ = {
+    "H100 SXM": 1980.0,
+    "H200": 1980.0,
+    "H100 PCIe": 1755.0,
+    "A100 40GB": 1410.0,
+    "A100 80GB": 1410.0,
+    "L40S": 2520.0,
+    "L4": 2040.0,
+    "A10G": 1710.0,
+    "T4": 1590.0,
+}
+_DEFAULT_BOOST_CLOCK_MHZ = 1800.0
+# A GPU drawing this share of its power limit is held at the limit by the driver's software power cap
+# (NVML reason 4, as an H100 reports under a matmul at its 700 W limit), which lowers the SM clock...
+POWER_CAP_SHARE = 0.97
+# ... by up to this share at the limit and beyond (an H100 at 700 W runs ~1.7 GHz of its 1.98 GHz boost).
+POWER_CAPPED_CLOCK_DROP = 0.15
+
+
+def _clocks(fleet: _Fleet, n_idx: np.ndarray, power_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SM clock (MHz) and throttle reasons of each row from its power draw: full boost below the power
+    cap, lower and flagged as power-capped at it. The sandbox has no temperature, so no thermal reason."""
+    group_limit_w = np.array([itype.gpu_count * itype.gpu.tdp_w for _, itype, _ in fleet.groups])
+    group_boost = np.array(
+        [_BOOST_CLOCK_MHZ.get(itype.gpu.name, _DEFAULT_BOOST_CLOCK_MHZ) for _, itype, _ in fleet.groups]
+    )
+    groups = fleet.group_idx[n_idx]
+    share = power_w / group_limit_w[groups]
+    capped = share >= POWER_CAP_SHARE
+    depth = np.clip((share - POWER_CAP_SHARE) / (1.0 - POWER_CAP_SHARE), 0.0, 1.0)
+    # Once capped, at least 30% of the drop: the cap's control loop lowers the clock in coarse steps.
+    drop = np.where(capped, POWER_CAPPED_CLOCK_DROP * np.maximum(depth, 0.3), 0.0)
+    clock = group_boost[groups] * (1.0 - drop)
+    reasons = np.where(capped, float(ThrottleReason.SW_POWER_CAP), 0.0)
+    return np.round(clock), reasons
 
 
 def _per_second(fleet: _Fleet, ts_s: np.ndarray) -> dict[Domain, pl.DataFrame]:
@@ -491,13 +584,15 @@ def _per_second(fleet: _Fleet, ts_s: np.ndarray) -> dict[Domain, pl.DataFrame]:
     ts_rows, keys = ts_s[t_idx], fleet.noise_keys[n_idx]
     perf_cols = [m.name for m in SCHEMAS[Domain.PERFORMANCE].measures]
     res_cols = [m.name for m in SCHEMAS[Domain.RESOURCE].measures]
-    served = [name for name in (*perf_cols, *res_cols) if name != "gpu_mem_total_gib"]
+    derived = ("gpu_mem_total_gib", "sm_clock_mhz", "throttle_reasons")  # not from the serving model
+    served = [name for name in (*perf_cols, *res_cols) if name not in derived]
     out = _serve(fleet, n_idx, _instance_load(fleet, ts_s, t_idx, n_idx, keys), served)
     jitter = np.maximum(1.0 + LATENCY_NOISE * _normal(keys, ts_rows, 1), 0.5)
     for name in _LATENCIES:
         out[name] = out[name] * jitter
     out["gpu_util_pct"] = np.clip(out["gpu_util_pct"] + 2.0 * _normal(keys, ts_rows, 2), 0.0, 100.0)
     out["power_w"] = np.maximum(out["power_w"] * (1.0 + 0.02 * _normal(keys, ts_rows, 3)), 0.0)
+    out["sm_clock_mhz"], out["throttle_reasons"] = _clocks(fleet, n_idx, out["power_w"])
     mem_total = np.array([itype.gpu_memory_gib_total for _, itype, _ in fleet.groups])
     out["gpu_mem_total_gib"] = mem_total[fleet.group_idx[n_idx]]
     perf = _frame(Domain.PERFORMANCE, fleet, ts_rows, n_idx, {c: out[c] for c in perf_cols})

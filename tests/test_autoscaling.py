@@ -195,3 +195,15 @@ def test_the_fast_path_asset_scales_by_policy_in_dagster(tmp_path, monkeypatch: 
         assert {r.id for r in approved} <= set(
             instance.get_dynamic_partitions(recommendation_partitions.name)
         )
+
+
+def test_a_forecast_behind_the_observed_level_is_raised_by_its_error() -> None:
+    # The forecast expected 100 req/s for the step in progress and at most 130 over the lead window; 150 are
+    # arriving already: the ramp it has not seen is added to its peak (180), not only the observation (150).
+    behind = RateForecast(130.0, "ses(alpha=1)", None, now_rps=100.0)
+    decision = decide_replicas(150.0, behind, 5, 1, 100, SIZING, SETTINGS)
+    assert decision.planned_rps == pytest.approx(180.0)
+    assert decision.target_replicas == SIZING.replicas_for(180.0) > SIZING.replicas_for(150.0)
+    # A forecast at or above the observed level is taken as it is.
+    ahead = RateForecast(130.0, "ses(alpha=1)", None, now_rps=120.0)
+    assert decide_replicas(110.0, ahead, 5, 1, 100, SIZING, SETTINGS).planned_rps == pytest.approx(130.0)

@@ -5,8 +5,10 @@ The decision (:func:`decide_replicas`) is pure and shared by the capability and 
 
 1. **Forecast.** The shared forecaster (agents/forecast.py) predicts the rate over the lead time a new
    replica needs to serve (``autoscaling_lead_time_s``); the plan is the larger of the last observed rate and
-   the forecast's upper-95% peak over that window. Too little history: it falls back to reactive scaling (the HPA rule
-   below) and says so.
+   the forecast's upper-95% peak over that window, raised by the forecast's error when the observed rate is
+   above its point forecast for the step in progress (a ramp the forecast has not caught up with: on the
+   load_dev traces this cut the violation minutes by 60% for 3% more GPU-hours, docs/benchmarks.md). Too little
+   history: it falls back to reactive scaling (the HPA rule below) and says so.
 2. **Replicas from the SLO.** :func:`replica_rate_limit` finds, by bisection on the serving model's p95
    (serving.load_point: decode, prefill and M/M/1-like waits), the most requests/s one replica takes with p95
    at ``(1 - autoscaling_slo_margin) x SLO``; the replicas needed are the plan over that.
@@ -175,6 +177,9 @@ class RateForecast:
     peak_rps: float | None
     method: str | None
     fallback_reason: str | None
+    # The point forecast of the step in progress: an observed rate above it says the forecast's level is
+    # behind (a ramp it has not seen yet), and decide_replicas raises the peak by the same amount.
+    now_rps: float | None = None
 
 
 def forecast_rate(rates_rps: np.ndarray, timestamps: np.ndarray, settings: DecisionSettings) -> RateForecast:
@@ -194,7 +199,9 @@ def forecast_rate(rates_rps: np.ndarray, timestamps: np.ndarray, settings: Decis
         fc = forecast(rates, timestamps, horizon)
     except ValueError as exc:
         return RateForecast(None, None, f"forecast failed ({exc}): reactive scaling instead")
-    return RateForecast(float(np.max(np.maximum(fc.upper_95, 0.0))), fc.method, None)
+    return RateForecast(
+        float(np.max(np.maximum(fc.upper_95, 0.0))), fc.method, None, float(max(fc.point[0], 0.0))
+    )
 
 
 def decide_replicas(
@@ -225,6 +232,11 @@ def decide_replicas(
             method, forecast_method, peak = "predictive", rate_forecast.method, rate_forecast.peak_rps
     if peak is not None:
         planned = max(observed_rps, peak)
+        now = rate_forecast.now_rps if rate_forecast is not None else None
+        if now is not None and now > 0 and observed_rps > now:
+            # Forecast-error correction: the forecast runs behind the observed level by this much, and so
+            # does its peak over the lead window (one rule for every series).
+            planned = max(planned, peak + observed_rps - now)
         needed = sizing.replicas_for(planned)
     else:
         planned = observed_rps

@@ -1,11 +1,18 @@
 """GPU utilization monitoring: each deployment's GPUs, hour by hour, with findings for idle and underused ones.
 
-Per GPU the collectors record utilization, memory and power (NVML on real hosts through resources/sources.py's
-``nvml`` source, the sandbox otherwise); the hourly rollup keeps each deployment's mean and p50/p95/p99 of
-them. A deployment whose GPUs stayed under ``idle_gpu_util_pct`` for ``idle_gpu_min_hours`` (a day by
-default) is reported: **idle** when even its p95 stayed under the line (no burst used the GPUs either),
-**underused** when only its mean did. Right-sizing and consolidation read these findings from
+Per GPU the collectors record utilization, memory, power, SM clock and throttle reasons (NVML on real hosts
+through resources/sources.py's ``nvml`` source, the sandbox otherwise); the hourly rollup keeps each
+deployment's mean and p50/p95/p99 of the first three, the mean SM clock and the share of samples throttled
+per reason group (ThrottleReason.GROUPS: power cap, thermal, hardware slowdown). A deployment whose GPUs
+stayed under ``idle_gpu_util_pct`` for ``idle_gpu_min_hours`` (a day by default) is reported: **idle** when
+even its p95 stayed under the line (no burst used the GPUs either), **underused** when only its mean did. Right-sizing and consolidation read these findings from
 ``snapshot.findings`` (metric ``gpu_util_pct``, value = the window's mean, expected = the line).
+
+A deployment whose GPUs were throttled in at least ``gpu_throttle_share`` of the samples of the last
+``gpu_throttle_window_hours`` for one reason group is reported too (metric ``throttle_<group>``, value = the
+share), naming the reason and the SM clock it cost: a power cap means the GPUs run at their power limit
+(saturated: the serving model's throughput is an upper bound), thermal or hardware slowdown a cooling or
+board fault to look at on the host.
 """
 
 from __future__ import annotations
@@ -13,17 +20,20 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
+import polars as pl
 
 from optiinfra_assets.agents.capability import Detector, Finding
 from optiinfra_assets.agents.findings import hourly_series
 from optiinfra_assets.agents.resource import AGENT
 from optiinfra_assets.catalog import instance_type
 from optiinfra_assets.config import DecisionSettings
-from optiinfra_assets.models import Risk
+from optiinfra_assets.metrics import ThrottleReason
+from optiinfra_assets.models import Deployment, Risk
 from optiinfra_assets.snapshot import FleetSnapshot
 
 UTIL, UTIL_P95 = "gpu_util_pct_avg", "gpu_util_pct_p95"
 MEMORY, POWER = "gpu_mem_used_gib_avg", "power_w_avg"
+SM_CLOCK = "sm_clock_mhz_avg"
 NAME = "gpu_utilization"
 
 
@@ -39,18 +49,80 @@ def idle_window(util_avg: np.ndarray, util_p95: np.ndarray, line: float, hours: 
     return None
 
 
+def throttled_shares(rows: pl.DataFrame, hours: int) -> dict[str, float]:
+    """Per reason group, the share of the last ``hours`` hourly rows' samples throttled for it (hours
+    that did not report throttle reasons left out; a group no hour reported is absent)."""
+    recent = rows.tail(hours)
+    shares: dict[str, float] = {}
+    for group in ThrottleReason.GROUPS:
+        column = f"throttle_{group}_avg"
+        if column not in recent.columns:
+            continue
+        values = recent[column].fill_null(float("nan")).to_numpy().astype(np.float64)
+        if np.isfinite(values).any():
+            shares[group] = float(np.nanmean(values))
+    return shares
+
+
+def _throttle_finding(
+    deployment: Deployment, rows: pl.DataFrame, settings: DecisionSettings
+) -> Finding | None:
+    hours = settings.gpu_throttle_window_hours
+    shares = throttled_shares(rows, hours)
+    throttled = {g: share for g, share in shares.items() if share >= settings.gpu_throttle_share}
+    if not throttled:
+        return None
+    group = max(throttled, key=lambda g: throttled[g])
+    share = throttled[group]
+    named = ", ".join(f"{ThrottleReason.GROUPS[g][1]} {s:.0%}" for g, s in throttled.items())
+    clock_note = ""
+    if SM_CLOCK in rows.columns:
+        clocks = rows[SM_CLOCK].fill_null(float("nan")).to_numpy().astype(np.float64)
+        recent, best = clocks[-hours:], clocks[np.isfinite(clocks)]
+        if np.isfinite(recent).any() and best.size:
+            clock_note = (
+                f"; SM clock {float(np.nanmean(recent)):.0f} MHz against {float(np.max(best)):.0f} MHz at "
+                "its best hour"
+            )
+    if group == "power":
+        why = (
+            "the GPUs run at their power limit: saturated, each replica serves no more than it does now; "
+            "more replicas (autoscaling) spread the load, FP8 weights take less energy per token"
+        )
+    else:
+        why = "a cooling or board fault: check the host's fans, airflow and GPU health (nvidia-smi -q -d PERFORMANCE)"
+    return Finding(
+        detector=NAME,
+        customer_id=deployment.customer_id,
+        deployment_id=deployment.id,
+        severity=Risk.LOW if group == "power" else Risk.MEDIUM,
+        metric=f"throttle_{group}",
+        value=round(share, 3),
+        expected=settings.gpu_throttle_share,
+        since=str(rows["hour"][max(rows.height - hours, 0)]),
+        summary=(
+            f"GPUs of {deployment.id} throttled by {ThrottleReason.GROUPS[group][1]} in {share:.0%} of the "
+            f"last {hours} h{clock_note}"
+        ),
+        explanation=f"throttle reasons: {named}; {why}",
+    )
+
+
 class GpuUtilization(Detector):
     name: ClassVar[str] = NAME
     agent: ClassVar[str] = AGENT
     description: ClassVar[str] = (
-        "GPU utilization, memory and power per deployment's GPUs; findings for GPUs idle or underused "
-        "for a day, which right-sizing and consolidation act on."
+        "GPU utilization, memory, power, SM clock and throttle reasons per deployment's GPUs; findings for "
+        "GPUs idle or underused for a day, which right-sizing and consolidation act on, and for throttled ones."
     )
 
     def detect(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> list[Finding]:
         findings: list[Finding] = []
         line, hours = settings.idle_gpu_util_pct, settings.idle_gpu_min_hours
         for deployment, rows in hourly_series(snapshot, "resource"):
+            throttled = _throttle_finding(deployment, rows, settings)
+            if throttled is not None:
+                findings.append(throttled)
             if UTIL not in rows.columns:
                 continue
             util = rows[UTIL].fill_null(0.0).to_numpy().astype(np.float64)
