@@ -127,10 +127,16 @@ def main() -> None:
                 with phases.timed(f"analysis: baselines {domain}"):
                     compute_baselines(svc.metrics, domain, now)
             with phases.timed("analysis: run_analysis_pass"):
-                workflow.run_analysis_pass(svc, now)
+                report = workflow.run_analysis_pass(svc, now)
         svc.metrics.close()  # before the folder goes
         for phase, seconds in phases.seconds.items():
             print(f"  {phase:<40} {seconds:8.2f} s   peak RSS so far {phases.peak_mib[phase]:6d} MiB")
+        # Inside run_analysis_pass: each capability's and detector's own analysis (the rest of the pass is
+        # reading the snapshot, validation, risk, coordination and storage).
+        parts = {f"capability {k}": r.seconds for k, r in report.capabilities.items()}
+        parts |= {f"detector {k}": r.seconds for k, r in report.detectors.items()}
+        for name, seconds in sorted(parts.items(), key=lambda kv: -kv[1]):
+            print(f"    {name:<38} {seconds:8.2f} s")
         print(
             f"instances={n} ingest_s={phases.seconds['ingest']:.1f} "
             f"analysis_s={phases.total('analysis:'):.1f} peak_rss_mib={peak_rss_mib()}"

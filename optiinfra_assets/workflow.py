@@ -6,6 +6,7 @@ imports Dagster, and nothing here names a capability's kind: it iterates the lis
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -191,6 +192,7 @@ class CapabilityReport(BaseModel):
     auto_approved: list[str] = Field(default_factory=list)
     skipped: dict[str, str] = Field(default_factory=dict)  # deployment -> reason
     error: str | None = None  # the capability raised or returned invalid output: isolated, recorded
+    seconds: float = 0.0  # wall time of its analysis (validation, risk and storage come after, shared)
 
 
 class DetectorReport(BaseModel):
@@ -198,6 +200,7 @@ class DetectorReport(BaseModel):
     agent: str
     findings: list[Finding] = Field(default_factory=list)
     error: str | None = None
+    seconds: float = 0.0
 
 
 class AnalysisReport(BaseModel):
@@ -231,11 +234,14 @@ def run_analysis_pass(
     with svc.memory.session():
         for cap in capabilities:
             cap_report = report.capabilities[cap.kind] = CapabilityReport(kind=cap.kind, agent=cap.agent)
+            started = time.perf_counter()
             try:
                 items = _analyze(cap, snapshot, svc.decisions)
             except Exception as exc:  # isolation: one capability's bug must not stop the others
                 cap_report.error = f"{type(exc).__name__}: {exc}"
                 continue
+            finally:
+                cap_report.seconds = time.perf_counter() - started
             for item in items:
                 if isinstance(item, Skip):
                     cap_report.skipped[item.deployment_id] = item.reason
@@ -284,10 +290,12 @@ def _analyze(cap: Capability, snapshot: FleetSnapshot, settings: DecisionSetting
 
 def _run_detector(det: Detector, snapshot: FleetSnapshot, settings: DecisionSettings) -> DetectorReport:
     report = DetectorReport(name=det.name, agent=det.agent)
+    started = time.perf_counter()
     try:
         report.findings = [Finding.model_validate(f) for f in det.detect(snapshot, settings)]
     except (Exception, ValidationError) as exc:
         report.error = f"{type(exc).__name__}: {exc}"
+    report.seconds = time.perf_counter() - started
     return report
 
 

@@ -4,6 +4,7 @@ is isolated; two capabilities on one deployment are coordinated across kinds."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import ClassVar, Literal
@@ -83,6 +84,7 @@ class Broken(Capability):
     evidence_model = BatchEvidence
 
     def analyze(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> Iterator[Proposal | Skip]:
+        time.sleep(0.05)  # its time is reported even when it fails
         raise RuntimeError("boom")
 
 
@@ -124,6 +126,7 @@ def test_a_failing_or_invalid_capability_is_isolated(svc: Services, clock: Clock
         svc, clock(), capabilities=(Broken(), WrongEvidence(), SpotMigration()), detectors=()
     )
     assert report.capabilities["test_broken"].error == "RuntimeError: boom"
+    assert report.capabilities["test_broken"].seconds >= 0.05
     assert "BatchEvidence evidence; expected 'test_wrong_evidence' with SpotMigrationEvidence" in (
         report.capabilities["test_wrong_evidence"].error or ""
     )

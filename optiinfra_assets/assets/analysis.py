@@ -111,6 +111,7 @@ def _capability_result(
         "open": len(open_recs),
         "pending": len(pending),
         "pending_savings_usd_month": round(sum(r.estimate.monthly_savings_usd for r in pending), 2),
+        "analysis_seconds": round(report.seconds, 3),
         "new_recommendations": table([recommendation_row(r) for r in report.created]),
         "open_recommendations": table([recommendation_row(r) for r in open_recs]),
         "skipped": table([{"deployment": d, "reason": why} for d, why in sorted(report.skipped.items())]),
@@ -138,7 +139,12 @@ def _detector_result(
         )
         for f in report.findings
     ]
-    metadata = {"findings": len(report.findings), "high_severity": len(high), "table": table(rows)}
+    metadata = {
+        "findings": len(report.findings),
+        "high_severity": len(high),
+        "analysis_seconds": round(report.seconds, 3),
+        "table": table(rows),
+    }
     if report.error:
         metadata["error"] = dg.MetadataValue.text(report.error)
     passed = report.error is None and not high
