@@ -35,19 +35,19 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from optiinfra_assets.agents import performance
 from optiinfra_assets.agents.capability import (
     Estimate,
     Evidence,
     Objective,
     PerDeploymentCapability,
     Proposal,
-    StageContext,
 )
 from optiinfra_assets.agents.forecast import forecast, step_seconds
 from optiinfra_assets.agents.resource import AGENT
 from optiinfra_assets.catalog import InstanceType, instance_type, model
 from optiinfra_assets.config import DecisionSettings
-from optiinfra_assets.models import CheckResult, Customer, Deployment, DeploymentConfig, Instance
+from optiinfra_assets.models import Customer, Deployment, DeploymentConfig, Instance
 from optiinfra_assets.serving import ServingCapacity, load_point, serving_capacity
 from optiinfra_assets.snapshot import FleetSnapshot
 
@@ -342,18 +342,6 @@ def decision_text(d: ScalingDecision, deployment_id: str) -> str:
     return text
 
 
-def slo_held(ctx: StageContext) -> CheckResult:
-    """Stage check: after scaling, the observed p95 is within the SLO (a scale-down that breaks it rolls back)."""
-    p95, slo = ctx.observation["latency_p95_ms"], ctx.slo_p95_latency_ms
-    return CheckResult(
-        name="slo_held",
-        passed=p95 <= slo,
-        detail=f"p95 {p95:.0f} ms {'within' if p95 <= slo else 'breaks'} the SLO of {slo:.0f} ms",
-        value=p95,
-        threshold=slo,
-    )
-
-
 class Autoscaling(PerDeploymentCapability):
     kind: ClassVar[str] = KIND
     agent: ClassVar[str] = AGENT
@@ -363,11 +351,11 @@ class Autoscaling(PerDeploymentCapability):
         "the customer's min/max replicas (in-bounds changes approved by written policy)."
     )
     evidence_model = AutoscalingEvidence
-    # The SLO is judged in the decision itself (and by slo_held after applying); memory fit and quota by
+    # The SLO is judged in the decision itself (and by the latency_within_slo stage check after applying); memory fit and quota by
     # the resource agent. Replica counts do not move quality, so the application agent is not asked.
     validators = ("resource",)
     stages = (100,)  # scaling is applied at once: capacity is the point
-    stage_checks = (slo_held,)
+    stage_checks = (performance.latency_within_slo,)
     valued_by = ("latency_p95_delta_pct", "realized_monthly_savings_usd", "utilization_delta_pct")
 
     def analyze_deployment(
