@@ -8,7 +8,8 @@ session: the baselines of every domain, then the analysis (``workflow.run_analys
 exists, else ``workflow.propose_spot_migrations``).
 
 Last line: ``instances=N ingest_s=… analysis_s=… peak_rss_mib=…``; above it, each phase's seconds and the
-process's peak RSS when it ended. ``analysis_s`` is the baselines plus the analysis; peak RSS is the
+process's peak RSS when it ended, each capability's and detector's own seconds, and each detector's
+findings (count and a digest of their JSON: two versions of the code that find the same print the same). ``analysis_s`` is the baselines plus the analysis; peak RSS is the
 process's (``getrusage``), generation and ingestion included.
 
 Targets (2-core machine): at 1,000 instances analysis_s <= 20 and peak_rss_mib <= 2,048; at 10,000 at
@@ -19,6 +20,7 @@ Run: ``.venv/bin/python bench/full_pass.py --instances 1000``
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import resource
 import sys
@@ -85,9 +87,18 @@ def chunks(start: datetime, end: datetime, n_instances: int) -> Iterator[tuple[d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instances", type=int, default=1_000)
+    parser.add_argument(
+        "--now",
+        type=datetime.fromisoformat,
+        default=None,
+        help="the pass's 'now', ISO with a zone (default: this minute); the same --now gives the same "
+        "metrics, so two versions of the code can be compared finding for finding",
+    )
     args = parser.parse_args()
     n = args.instances
-    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    now = (args.now or datetime.now(UTC)).replace(second=0, microsecond=0)
+    if now.tzinfo is None:
+        parser.error(f"--now {args.now.isoformat()}: give a zone, e.g. +00:00")
     phases = Phases()
     with tempfile.TemporaryDirectory(prefix="optiinfra-full-pass-") as home:
         os.environ["OPTIINFRA_HOME"] = home
@@ -137,6 +148,11 @@ def main() -> None:
         parts |= {f"detector {k}": r.seconds for k, r in report.detectors.items()}
         for name, seconds in sorted(parts.items(), key=lambda kv: -kv[1]):
             print(f"    {name:<38} {seconds:8.2f} s")
+        for name, det in sorted(report.detectors.items()):
+            digest = hashlib.sha256(
+                "\n".join(f.model_dump_json() for f in det.findings).encode()
+            ).hexdigest()[:12]
+            print(f"  findings {name:<30} {len(det.findings):5d}   sha256 {digest}")
         print(
             f"instances={n} ingest_s={phases.seconds['ingest']:.1f} "
             f"analysis_s={phases.total('analysis:'):.1f} peak_rss_mib={peak_rss_mib()}"

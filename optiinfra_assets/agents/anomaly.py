@@ -1,7 +1,9 @@
 """The shared streaming anomaly detector: one univariate series in, a score and a decision per point out.
 
 Every agent runs its fleet metrics (cost, latency, GPU utilization, request rates...) through
-:func:`detect`; ``optiinfra detect`` exposes the same function. Pure numpy/scipy, no stores, no Dagster.
+:func:`detect`; ``optiinfra detect`` exposes the same function. :func:`detect_many` gives the same results
+for many series at once (a fleet's hourly series: one pass of numpy work per batch instead of per series).
+Pure numpy/scipy, no stores, no Dagster.
 
 How it decides, for each point, using only that point and the points before it (no look-ahead):
 
@@ -37,7 +39,7 @@ is fitted per series beyond the streaming history itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +48,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.ndimage import maximum_filter1d
 
 SECONDS_PER_DAY = 86_400
+# Series judged together by detect_many: bounds the memory of one batch (a few dozen arrays of this many
+# rows by the series' length), while still sharing the per-call numpy overhead across many short series.
+DETECT_BATCH_ROWS = 1024
 
 
 class DetectorSettings(BaseModel):
@@ -100,23 +105,25 @@ class DetectionResult:
 
 
 # --- views -------------------------------------------------------------------------------------------
+# Every array function below works along the last axis: a 1-D array is one series, a 2-D array one series
+# per row (detect_many), each row computed exactly as it would be alone.
 
 
 def _trailing_mean(x: np.ndarray, k: int) -> np.ndarray:
     """Mean of x[t-k+1..t]; NaN until k points exist."""
-    out = np.full(len(x), np.nan)
-    if len(x) >= k:
-        c = np.concatenate(([0.0], np.cumsum(x)))
-        out[k - 1 :] = (c[k:] - c[:-k]) / k
+    out = np.full(x.shape, np.nan)
+    if x.shape[-1] >= k:
+        c = np.concatenate((np.zeros((*x.shape[:-1], 1)), np.cumsum(x, axis=-1)), axis=-1)
+        out[..., k - 1 :] = (c[..., k:] - c[..., :-k]) / k
     return out
 
 
 def _lagged_median(x: np.ndarray, w: int, lag: int = 0) -> np.ndarray:
     """Median of the w points ending ``lag + 1`` points before t (x[t-lag-w .. t-lag-1]); NaN before."""
-    out = np.full(len(x), np.nan)
-    start = w + lag
-    if len(x) > start:
-        out[start:] = np.median(sliding_window_view(x, w)[: len(x) - start], axis=1)
+    out = np.full(x.shape, np.nan)
+    n, start = x.shape[-1], w + lag
+    if n > start:
+        out[..., start:] = np.median(sliding_window_view(x, w, axis=-1)[..., : n - start, :], axis=-1)
     return out
 
 
@@ -149,7 +156,7 @@ def shift_view(x: np.ndarray, period: int | None, s: DetectorSettings) -> dict[s
 def volatility_view(x: np.ndarray, period: int | None, s: DetectorSettings) -> dict[str, np.ndarray]:
     """Log of the RMS of the recent changes: a series that starts to jump around (upward only: a calm
     spell is not an incident)."""
-    d = np.diff(x, prepend=x[:1])
+    d = np.diff(x, axis=-1, prepend=x[..., :1])
     rms = np.sqrt(_trailing_mean(d * d, s.volatility_window))
     # The floor keeps a flat stretch finite; its first movement is then a clear record.
     return {"volatility_up": np.log(rms + 1e-9 * (1.0 + np.abs(x)))}
@@ -157,10 +164,10 @@ def volatility_view(x: np.ndarray, period: int | None, s: DetectorSettings) -> d
 
 def daily_view(x: np.ndarray, period: int | None, s: DetectorSettings) -> dict[str, np.ndarray]:
     """The change from the same time one day earlier: a broken daily pattern."""
-    if period is None or not s.daily_view or len(x) <= period:
+    if period is None or not s.daily_view or x.shape[-1] <= period:
         return {}
-    diff = np.full(len(x), np.nan)
-    diff[period:] = x[period:] - x[:-period]
+    diff = np.full(x.shape, np.nan)
+    diff[..., period:] = x[..., period:] - x[..., :-period]
     return _both_ways("daily", diff)
 
 
@@ -175,30 +182,48 @@ VIEWS: tuple[View, ...] = (level_view, smoothed_view, spike_view, shift_view, vo
 def _lagged_max(v: np.ndarray, memory: int) -> np.ndarray:
     """Max of v over the previous ``memory`` points (excluding t); -inf when there is none."""
     a = np.where(np.isnan(v), -np.inf, v)
-    out = np.full(len(a), -np.inf)
-    if len(a) > 1:
+    out = np.full(a.shape, -np.inf)
+    if 1 < a.shape[-1] <= memory + 1:
+        # The memory reaches back to the first point from every t: the running max, without the filter's
+        # padding of ``memory`` points per row (a week of hours against a memory of thousands).
+        out[..., 1:] = np.maximum.accumulate(a[..., :-1], axis=-1)
+    elif a.shape[-1] > 1:
         # maximum_filter1d with this origin gives the max of a[t-memory+1 .. t]; shift by one.
-        m = maximum_filter1d(a, size=memory, origin=(memory - 1) // 2, mode="constant", cval=-np.inf)
-        out[1:] = m[:-1]
+        m = maximum_filter1d(a, size=memory, axis=-1, origin=(memory - 1) // 2, mode="constant", cval=-np.inf)
+        out[..., 1:] = m[..., :-1]
     return out
 
 
 def _lagged_center(v: np.ndarray, memory: int, stride: int) -> np.ndarray:
-    """Median of v over the ``memory`` points before each block of ``stride`` points (causal: a block
-    starting at b uses v[b-memory .. b-1]); refreshed per block because a median is costly per point."""
-    out = np.full(len(v), np.nan)
-    for b in range(stride, len(v), stride):
-        h = v[max(0, b - memory) : b]
-        h = h[~np.isnan(h)]
-        if len(h):
-            out[b : b + stride] = np.median(h)
+    """Median of v's defined points over the ``memory`` points before each block of ``stride`` points
+    (causal: a block starting at b uses v[b-memory .. b-1]); refreshed per block because a median is
+    costly per point."""
+    out = np.full(v.shape, np.nan)
+    n = v.shape[-1]
+    shape = (int(np.prod(v.shape[:-1])), n)  # (-1, n) cannot reshape an empty series
+    rows, centers = v.reshape(shape), out.reshape(shape)
+    missing = np.isnan(rows)
+    if len(rows) > 1 and (missing != missing[:1]).any():
+        # Undefined points differ between rows (not the case for views of equally long gap-filled
+        # series): each row's own defined points, one row at a time.
+        for r in range(len(rows)):
+            centers[r] = _lagged_center(rows[r], memory, stride)
+        return out
+    for b in range(stride, n, stride):
+        lo = max(0, b - memory)
+        history = rows[:, lo:b]
+        if missing[0, lo:b].any():
+            history = history[:, ~missing[0, lo:b]]
+        if history.shape[1]:
+            centers[:, b : b + stride] = np.median(history, axis=-1)[:, None]
     return out
 
 
 def record_ratio(
     v: np.ndarray, memory: int, stride: int, min_history: int, outlier_ratio: float | None = None
 ) -> np.ndarray:
-    """``(v - median) / (max - median)`` over the previous ``memory`` points: above 1 is a new record.
+    """``(v - median) / (max - median)`` over the previous ``memory`` points: above 1 is a new record
+    (along the last axis: each row of a 2-D ``v`` on its own).
 
     0 where the view is undefined or has fewer than ``min_history`` defined points behind it (a record
     among a handful of points means little); +inf where a view that was constant over that history
@@ -227,8 +252,11 @@ def record_ratio(
         top = _lagged_max(ordinary, memory)
         # Where every point in memory was an outlier the plain max stands.
         ratio = ratio_to(np.where(np.isfinite(top), top, _lagged_max(v, memory)))
-    defined = np.concatenate(([0], np.cumsum(~np.isnan(v))))
-    history = defined[:-1] - defined[np.maximum(np.arange(len(v)) - memory, 0)]
+    n = v.shape[-1]
+    defined = np.concatenate(
+        (np.zeros((*v.shape[:-1], 1), dtype=np.int64), np.cumsum(~np.isnan(v), axis=-1)), axis=-1
+    )
+    history = defined[..., :-1] - defined[..., np.maximum(np.arange(n) - memory, 0)]
     ratio[history < min(memory, min_history)] = 0.0
     return ratio
 
@@ -329,11 +357,41 @@ def detect(
     ``timestamps`` (datetime64 or seconds) are optional; they only enable the daily view. Non-finite
     values are carried forward for the views and never flagged.
     """
-    x, finite = _fill_gaps(values)
-    n = len(x)
-    period = daily_period(timestamps)
-    ratio = np.zeros(n)
-    view = np.full(n, "", dtype=object)
+    return detect_many([(values, timestamps)], settings)[0]
+
+
+def detect_many(
+    series: Sequence[tuple[np.ndarray, np.ndarray | None]],
+    settings: DetectorSettings = DEFAULT_SETTINGS,
+    batch_rows: int = DETECT_BATCH_ROWS,
+) -> list[DetectionResult]:
+    """:func:`detect` of each ``(values, timestamps)``, in order, with identical results: series of one
+    length and one daily period are stacked, up to ``batch_rows`` at a time, and every view and record
+    ratio is computed for all of them at once (row by row the same arithmetic); only the alert decision
+    runs per series. A fleet's short hourly series thus pay numpy's per-call overhead once per batch."""
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
+    results: list[DetectionResult | None] = [None] * len(series)
+    groups: dict[tuple[int, int | None], list[int]] = {}
+    for i, (values, timestamps) in enumerate(series):
+        groups.setdefault((len(values), daily_period(timestamps)), []).append(i)
+    for (n, period), members in groups.items():
+        for start in range(0, len(members), batch_rows):
+            batch = members[start : start + batch_rows]
+            filled = [_fill_gaps(series[i][0]) for i in batch]
+            x = np.stack([f[0] for f in filled]).reshape(len(batch), n)
+            finite = np.stack([f[1] for f in filled]).reshape(len(batch), n)
+            for i, result in zip(batch, _detect_rows(x, finite, period, settings), strict=True):
+                results[i] = result
+    return [r for r in results if r is not None]
+
+
+def _detect_rows(
+    x: np.ndarray, finite: np.ndarray, period: int | None, settings: DetectorSettings
+) -> list[DetectionResult]:
+    """:func:`detect` of each row of ``x`` (gap-filled, one series per row, ``finite`` its mask)."""
+    ratio = np.zeros(x.shape)
+    view = np.full(x.shape, "", dtype=object)
 
     def merge(target: np.ndarray, names: np.ndarray, name: str, r: np.ndarray) -> None:
         better = r > target
@@ -348,15 +406,20 @@ def detect(
     for make in VIEWS:
         for name, stream in make(x, period, settings).items():
             merge(ratio, view, name, judge(stream) * _threshold_scale(name, settings))
-    daily = np.zeros(n)
-    daily_name = np.full(n, "", dtype=object)
+    daily = np.zeros(x.shape)
+    daily_name = np.full(x.shape, "", dtype=object)
     for name, stream in daily_view(x, period, settings).items():
         merge(daily, daily_name, name, judge(stream))
     ratio[~finite] = daily[~finite] = 0.0
     view[~finite] = ""
-    alerts = _decide(ratio, daily, view, daily_name, period, settings)
+    alerts = np.zeros(x.shape, dtype=bool)
+    for r in range(len(x)):
+        alerts[r] = _decide(ratio[r], daily[r], view[r], daily_name[r], period, settings)
     from_daily = daily > ratio
     ratio = np.where(from_daily, daily, ratio)
     view = np.where(from_daily, daily_name, view)
     score = np.clip(0.5 * ratio / settings.threshold, 0.0, 1.0)
-    return DetectionResult(score=score, is_anomaly=alerts, ratio=ratio, view=view)
+    return [
+        DetectionResult(score=score[r], is_anomaly=alerts[r], ratio=ratio[r], view=view[r])
+        for r in range(len(x))
+    ]

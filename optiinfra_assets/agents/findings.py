@@ -6,13 +6,13 @@ Plain functions over a :class:`FleetSnapshot` and numpy arrays: no store, no Dag
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
-from optiinfra_assets.agents.anomaly import detect
+from optiinfra_assets.agents.anomaly import DETECT_BATCH_ROWS, DetectionResult, detect_many
 from optiinfra_assets.models import Deployment
 from optiinfra_assets.snapshot import FleetSnapshot
 
@@ -45,7 +45,20 @@ class NewestHour:
 
 def newest_hour_anomaly(values: np.ndarray, hours: np.ndarray) -> NewestHour | None:
     """The newest hour of ``values`` (hourly, at ``hours``) if the shared detector flags it, else None."""
-    result = detect(values, hours)
+    return newest_hour_anomalies([(values, hours)])[0]
+
+
+def newest_hour_anomalies(
+    series: Sequence[tuple[np.ndarray, np.ndarray]], batch_rows: int = DETECT_BATCH_ROWS
+) -> list[NewestHour | None]:
+    """:func:`newest_hour_anomaly` of each ``(values, hours)``, in order: the whole fleet's series through
+    the shared detector at once (``detect_many``: the same results as one series at a time, a fraction of
+    the time for a fleet of short hourly series)."""
+    results = detect_many(series, batch_rows=batch_rows)
+    return [_newest(values, result) for (values, _), result in zip(series, results, strict=True)]
+
+
+def _newest(values: np.ndarray, result: DetectionResult) -> NewestHour | None:
     last = len(values) - 1
     if not bool(result.is_anomaly[last]):
         return None

@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from optiinfra_assets.agents.capability import Detector, Finding
-from optiinfra_assets.agents.findings import hourly_series, newest_hour_anomaly
+from optiinfra_assets.agents.findings import NewestHour, hourly_series, newest_hour_anomalies
 from optiinfra_assets.agents.performance import AGENT
 from optiinfra_assets.config import DecisionSettings
 from optiinfra_assets.models import Deployment, Instance, Risk
@@ -99,7 +99,8 @@ def _kv_pressure(rows: pl.DataFrame, last: int, settings: DecisionSettings) -> s
 
 
 def _floats(rows: pl.DataFrame, column: str) -> np.ndarray | None:
-    return rows[column].cast(pl.Float64).fill_null(np.nan).to_numpy() if column in rows.columns else None
+    """The column as floats, NaN where null (polars' to_numpy makes a float null NaN), None when absent."""
+    return rows[column].cast(pl.Float64).to_numpy() if column in rows.columns else None
 
 
 def explain(
@@ -128,10 +129,9 @@ def explain(
 
 def series_column(rows: pl.DataFrame, watched: Watched) -> str | None:
     """The column ``watched`` is read from: its own when every hour has it, else its fallback."""
-    if watched.column in rows.columns:
-        values = rows[watched.column].cast(pl.Float64).fill_null(np.nan).to_numpy()
-        if np.isfinite(values).all() or watched.fallback not in rows.columns:
-            return watched.column
+    values = _floats(rows, watched.column)
+    if values is not None and (np.isfinite(values).all() or watched.fallback not in rows.columns):
+        return watched.column
     return watched.fallback if watched.fallback in rows.columns else None
 
 
@@ -144,34 +144,40 @@ class LatencyAnomalies(Detector):
     )
 
     def detect(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> list[Finding]:
-        findings: list[Finding] = []
+        # Every watched series of the fleet first, then the shared detector on all of them at once.
+        checks: list[tuple[Deployment, pl.DataFrame, Watched]] = []
+        series: list[tuple[np.ndarray, np.ndarray]] = []
         for deployment, rows in hourly_series(snapshot, "performance"):
-            customer = snapshot.customer_by_id.get(deployment.customer_id)
-            slo = customer.slo_p95_latency_ms if customer else float("inf")
+            hours = rows["hour"].to_numpy()
             for watched in WATCHED:
                 column = series_column(rows, watched)
-                if column is not None:
-                    finding = self._check(snapshot, deployment, rows, watched, column, slo, settings)
-                    if finding is not None:
-                        findings.append(finding)
+                if column is None:
+                    continue
+                values = _floats(rows, column)
+                if values is not None and not np.isnan(values).all():
+                    checks.append((deployment, rows, watched))
+                    series.append((values, hours))
+        findings: list[Finding] = []
+        for (deployment, rows, watched), newest in zip(checks, newest_hour_anomalies(series), strict=True):
+            if newest is None:
+                continue  # only the newest hour matters now
+            finding = self._finding(snapshot, deployment, rows, watched, newest, settings)
+            if finding is not None:
+                findings.append(finding)
         return findings
 
-    def _check(
+    def _finding(
         self,
         snapshot: FleetSnapshot,
         deployment: Deployment,
         rows: pl.DataFrame,
         watched: Watched,
-        column: str,
-        slo: float,
+        newest: NewestHour,
         settings: DecisionSettings,
     ) -> Finding | None:
-        values = rows[column].cast(pl.Float64).fill_null(np.nan).to_numpy()
-        if np.isnan(values).all():
-            return None
-        newest = newest_hour_anomaly(values, rows["hour"].to_numpy())
-        if newest is None:
-            return None  # only the newest hour matters now
+        """The finding of a flagged newest hour, or None when it is off on its good side."""
+        customer = snapshot.customer_by_id.get(deployment.customer_id)
+        slo = customer.slo_p95_latency_ms if customer else float("inf")
         last, usual = newest.last, newest.usual
         worse = newest.value > usual if watched.worse == "high" else newest.value < usual
         if not worse:

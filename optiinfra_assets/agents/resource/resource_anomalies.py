@@ -9,10 +9,10 @@ import numpy as np
 import polars as pl
 
 from optiinfra_assets.agents.capability import Detector, Finding
-from optiinfra_assets.agents.findings import hourly_series, newest_hour_anomaly, usual_before
+from optiinfra_assets.agents.findings import hourly_series, newest_hour_anomalies, usual_before
 from optiinfra_assets.agents.resource import AGENT
 from optiinfra_assets.config import DecisionSettings
-from optiinfra_assets.models import Risk
+from optiinfra_assets.models import Deployment, Risk
 from optiinfra_assets.snapshot import FleetSnapshot
 
 NAME = "resource_anomalies"
@@ -55,42 +55,43 @@ class ResourceAnomalies(Detector):
     )
 
     def detect(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> list[Finding]:
-        findings: list[Finding] = []
+        # Every series of the fleet first, then the shared detector on all of them at once.
+        checks: list[tuple[Deployment, pl.DataFrame, str]] = []
+        series: list[tuple[np.ndarray, np.ndarray]] = []
         for deployment, rows in hourly_series(snapshot, "resource"):
-            perf = snapshot.hourly_of("performance", deployment.id)
             hours = rows["hour"].to_numpy()
-            for column, (metric, unit) in METRICS.items():
-                if column not in rows.columns:
-                    continue
-                values = (
-                    rows[column].fill_null(strategy="forward").fill_null(0.0).to_numpy().astype(np.float64)
+            for column in METRICS:
+                if column in rows.columns:
+                    values = rows[column].fill_null(strategy="forward").fill_null(0.0).to_numpy()
+                    checks.append((deployment, rows, column))
+                    series.append((values.astype(np.float64), hours))
+        findings: list[Finding] = []
+        for (deployment, rows, column), newest in zip(checks, newest_hour_anomalies(series), strict=True):
+            if newest is None:
+                continue
+            metric, unit = METRICS[column]
+            perf = snapshot.hourly_of("performance", deployment.id)
+            last, usual = newest.last, newest.usual
+            severity = Risk.MEDIUM
+            total = rows["gpu_mem_total_gib_avg"][last] if "gpu_mem_total_gib_avg" in rows.columns else None
+            if metric == "gpu_mem_used_gib" and total and newest.value >= MEMORY_FULL * float(total):
+                severity = Risk.HIGH
+            findings.append(
+                Finding(
+                    detector=NAME,
+                    customer_id=deployment.customer_id,
+                    deployment_id=deployment.id,
+                    severity=severity,
+                    metric=metric,
+                    value=round(newest.value, 2),
+                    expected=round(usual, 2),
+                    since=str(rows["hour"][last]),
+                    summary=(
+                        f"{metric} of {deployment.id} is anomalous in the last hour: {newest.value:.1f} {unit} "
+                        f"against a usual {usual:.1f} {unit} (score {newest.score:.2f}, "
+                        f"{newest.view})"
+                    ),
+                    explanation=explain(metric, rows, perf, last),
                 )
-                newest = newest_hour_anomaly(values, hours)
-                if newest is None:
-                    continue
-                last, usual = newest.last, newest.usual
-                severity = Risk.MEDIUM
-                total = (
-                    rows["gpu_mem_total_gib_avg"][last] if "gpu_mem_total_gib_avg" in rows.columns else None
-                )
-                if metric == "gpu_mem_used_gib" and total and newest.value >= MEMORY_FULL * float(total):
-                    severity = Risk.HIGH
-                findings.append(
-                    Finding(
-                        detector=NAME,
-                        customer_id=deployment.customer_id,
-                        deployment_id=deployment.id,
-                        severity=severity,
-                        metric=metric,
-                        value=round(newest.value, 2),
-                        expected=round(usual, 2),
-                        since=str(rows["hour"][last]),
-                        summary=(
-                            f"{metric} of {deployment.id} is anomalous in the last hour: {newest.value:.1f} {unit} "
-                            f"against a usual {usual:.1f} {unit} (score {newest.score:.2f}, "
-                            f"{newest.view})"
-                        ),
-                        explanation=explain(metric, rows, perf, last),
-                    )
-                )
+            )
         return findings
