@@ -15,7 +15,8 @@ Mooncake's per-minute conversation trace; requests/min). The replay runs minute 
   predictive - the autoscaler's own decision (agents/resource/autoscaling.py): the shared forecaster on the
   trace's native step, re-run when a new point arrives, its upper-95% peak over the lead window, at least the
   last 1-minute observation, raised by how far that observation is above the forecast for the step in
-  progress, sized for the SLO through the serving model;
+  progress, and at least the rise of the last minute carried on over the lead time (a ramp under way), sized
+  for the SLO through the serving model;
   reactive - HPA-like: replicas = ceil(load / (replica capacity x target utilization)) on 1-minute metrics;
   peak - a fixed fleet sized for the trace's peak minute with the same SLO sizing.
 
@@ -125,8 +126,14 @@ def replay(trace: Trace, sizing: ReplicaSizing, settings: DecisionSettings, poli
         else:
             decision_forecast = None
         since = None if last_change is None else (t - last_change) * 60.0
+        # The 1-minute metric's rise since the previous minute (none across a missing minute).
+        slope = (
+            (rate - float(trace.minute_rps[t - 1])) / 60.0
+            if t > 0 and not trace.minute_missing[t - 1]
+            else 0.0
+        )
         decision = decide_replicas(
-            rate, decision_forecast, len(ready_at), 1, MAX_REPLICAS, sizing, settings, since
+            rate, decision_forecast, len(ready_at), 1, MAX_REPLICAS, sizing, settings, since, slope
         )
         fallback += decision.method == "reactive_fallback"
         if decision.target_replicas > len(ready_at):
@@ -154,6 +161,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--limit-minutes", type=int, default=0, help="replay only the first N minutes")
+    parser.add_argument(
+        "--trace",
+        action="append",
+        default=[],
+        help="replay only traces whose name contains this (repeatable)",
+    )
     args = parser.parse_args()
     settings = DecisionSettings()
     sizing = replica_sizing(MODEL, default_config(INSTANCE_TYPE, 1), SLO_P95_MS, settings)
@@ -166,6 +179,8 @@ def main() -> None:
     )
     totals = {p: [0, 0.0] for p in ("predictive", "reactive", "peak")}
     for path in sorted(args.data.glob("*_rpm.csv")):
+        if args.trace and not any(part in path.stem for part in args.trace):
+            continue
         trace = load_trace(path)
         if args.limit_minutes:
             trace.minute_ts = trace.minute_ts[: args.limit_minutes]
