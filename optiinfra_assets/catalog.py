@@ -10,7 +10,8 @@ Prices are us-east-1 Linux: on-demand mid-2026, 1-year standard no-upfront reser
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from optiinfra_assets.models import DeploymentConfig, EngineConfig, KvCacheDtype, Lifecycle, Quantization
 
@@ -830,6 +831,35 @@ def instance_type(name: str) -> InstanceType:
         raise KeyError(f"unknown instance type {name!r}; known: {', '.join(INSTANCE_TYPES)}") from None
 
 
+def slice_type(itype: InstanceType, gpus: int | None) -> InstanceType:
+    """What a replica on ``gpus`` whole GPUs of ``itype`` serves and costs like: the type cut down to that many
+    GPUs (its own engine on its own GPUs, as consolidation models a shared placement) at that share of its
+    prices. ``None`` or every GPU: ``itype`` itself."""
+    if gpus is None or gpus == itype.gpu_count:
+        return itype
+    if not 1 <= gpus < itype.gpu_count:
+        raise ValueError(
+            f"gpus_per_replica: {gpus} is not a slice of the {itype.gpu_count} GPUs of {itype.name}"
+        )
+    share = gpus / itype.gpu_count
+
+    def part(price: float | None) -> float | None:
+        return None if price is None else price * share
+
+    return replace(
+        itype,
+        gpu_count=gpus,
+        ondemand_usd_hour=itype.ondemand_usd_hour * share,
+        reserved_1y_usd_hour=part(itype.reserved_1y_usd_hour),
+        spot_usd_hour=part(itype.spot_usd_hour),
+    )
+
+
+def replica_type(config: DeploymentConfig) -> InstanceType:
+    """What one replica of ``config`` runs on: its instance type, or its slice of a shared host."""
+    return slice_type(instance_type(config.instance_type), config.gpus_per_replica)
+
+
 def model(name: str) -> ModelSpec:
     try:
         return MODELS[name]
@@ -865,26 +895,33 @@ def default_config(instance_type_name: str, replicas: int, **engine: object) -> 
 
 # ------------------------------------------------------------------------------- commitments (issue 7)
 
-# Standard reserved instances and compute savings plans, us-east-1 Linux, shared tenancy.
-# Source: the 1-year standard no-upfront rate of each type is the catalog's own column above (transcribed from
-# the public AWS price list via Vantage's instance data, late 2025). The other options are expressed as the
-# effective hourly rate (upfront amortized over the term) relative to on-demand, as the public EC2 Reserved
-# Instance and Savings Plans pricing pages show them for the G5/G6/G6e/P4 GPU families (e.g. g5.xlarge:
-# 1y no/partial/all upfront ~63/60/59% of on-demand, 3y ~45/42/39%; compute savings plans ~76% (1y) and
-# ~55% (3y) no upfront). These ratios were recalled from those public pages, not re-checked live: they are
-# typical of the families, not per-type quotes, and ought to be refreshed from the AWS Price List API.
-# Types without a 1-year rate above (p3, p5, p5en) get no reserved offers here: savings plans only.
+# Standard reserved instances and compute savings plans, us-east-1 Linux, shared tenancy, as effective hourly
+# rates (an upfront fee amortized over the term, 8760 h a year). The published rates below are transcribed
+# from a file generated from AWS's own price list files (the meteredUnitMaps behind the EC2 Reserved
+# Instance and Savings Plans pricing pages); its on-demand prices and 1-year no-upfront rates equal the
+# catalog's columns above for every type it lists. AWS publishes no reserved instance of p5en.48xlarge and
+# only 3-year ones of p5. A type missing from the table (p3: the source skipped it) falls back to estimates,
+# labelled as such on every offer: its reserved options scaled from its 1-year no-upfront rate by AWS's
+# typical payment-option ratios (none where it has no such rate), its savings plans at the typical discount
+# of the GPU families.
+COMMITMENT_RATES_SOURCE = (
+    "addisonj/pricesim@cbdb505146ff2c34ea44b6b5deaf6083643d5b5f src/catalog/aws/ec2.gen.ts "
+    "(AWS price list, us-east-1 Linux shared tenancy, retrieved 2026-09-24)"
+)
+ESTIMATED_RESERVED_SOURCE = "estimated from the 1y no-upfront rate by AWS's typical payment-option ratios"
+ESTIMATED_SAVINGS_PLAN_SOURCE = "estimated at AWS's typical compute savings plan discount of its GPU families"
 
 
 @dataclass(frozen=True)
 class CommitmentOption:
-    """One way to commit: a term, a payment option and its effective rate relative to on-demand."""
+    """One way to commit: a term and a payment option. ``fraction_of_on_demand`` is the typical effective
+    rate relative to on-demand, used only for a type without published rates."""
 
     name: str  # "ri-1y-partial-upfront", "sp-3y-no-upfront"
     kind: str  # "reserved_instance" (one instance of a type) or "savings_plan" ($/h of compute spend)
     term_years: int
     payment: str  # "no_upfront", "partial_upfront", "all_upfront"
-    fraction_of_on_demand: float  # effective $/h over the term (upfront amortized) / on-demand $/h
+    fraction_of_on_demand: float  # typical effective $/h over the term (upfront amortized) / on-demand $/h
     upfront_share: float  # share of the term's cost paid at purchase (partial: about half)
 
     @property
@@ -892,7 +929,7 @@ class CommitmentOption:
         return self.term_years * 8760.0
 
 
-RI_1Y_NO_UPFRONT_FRACTION = 0.63  # the reference the other reserved options are scaled from
+RI_1Y_NO_UPFRONT_FRACTION = 0.63  # the reference the estimated reserved options are scaled from
 RESERVED_OPTIONS: tuple[CommitmentOption, ...] = (
     CommitmentOption("ri-1y-no-upfront", "reserved_instance", 1, "no_upfront", 0.63, 0.0),
     CommitmentOption("ri-1y-partial-upfront", "reserved_instance", 1, "partial_upfront", 0.60, 0.5),
@@ -907,32 +944,136 @@ SAVINGS_PLAN_OPTIONS: tuple[CommitmentOption, ...] = (
 )
 
 
+class PublishedRates(NamedTuple):
+    """A type's published effective $/h: of each of RESERVED_OPTIONS in order (None: AWS offers no such
+    reserved instance) and of each of SAVINGS_PLAN_OPTIONS in order."""
+
+    reserved: tuple[float | None, ...]
+    savings_plans: tuple[float, ...]
+
+
+# per type: ((reserved $/h of RESERVED_OPTIONS), (savings plan $/h of SAVINGS_PLAN_OPTIONS)), from
+# COMMITMENT_RATES_SOURCE with the six significant digits it gives
+_PUBLISHED: dict[str, tuple[tuple[float | None, ...], tuple[float, ...]]] = {
+    "g4dn.xlarge": ((0.331, 0.315763, 0.309247, 0.227, 0.210213, 0.197793), (0.381, 0.273)),
+    "g4dn.2xlarge": ((0.474, 0.451571, 0.442123, 0.325, 0.300419, 0.282763), (0.545, 0.39)),
+    "g4dn.4xlarge": ((0.759, 0.722187, 0.707991, 0.52, 0.481791, 0.452702), (0.872, 0.624)),
+    "g4dn.8xlarge": ((1.371, 1.30585, 1.27945, 0.94, 0.870198, 0.818189), (1.577, 1.128)),
+    "g4dn.12xlarge": ((2.465, 2.34763, 2.30023, 1.69, 1.56438, 1.47093), (2.834, 2.028)),
+    "g4dn.16xlarge": ((2.742, 2.61159, 2.55902, 1.88, 1.7404, 1.63634), (3.153, 2.256)),
+    "g4dn.metal": ((4.929, 4.69415, 4.60046, 3.38, 3.1298, 2.94182), (5.668, 4.056)),
+    "g5.xlarge": ((0.63378, 0.603626, 0.591553, 0.43459, 0.402418, 0.378272), (0.79223, 0.54324)),
+    "g5.2xlarge": ((0.76356, 0.727184, 0.712671, 0.52358, 0.48479, 0.455708), (0.95445, 0.65448)),
+    "g5.4xlarge": ((1.02312, 0.974415, 0.954909, 0.70157, 0.64961, 0.610616), (1.2789, 0.87696)),
+    "g5.8xlarge": ((1.54224, 1.46876, 1.43938, 1.05754, 0.979212, 0.920434), (1.9278, 1.32192)),
+    "g5.12xlarge": ((3.57336, 3.4032, 3.33516, 2.4503, 2.2688, 2.13269), (4.4667, 3.06288)),
+    "g5.16xlarge": ((2.58048, 2.45757, 2.40845, 1.76947, 1.63842, 1.54011), (3.2256, 2.21184)),
+    "g5.24xlarge": ((5.13072, 4.88635, 4.7887, 3.51821, 3.25761, 3.06214), (6.4134, 4.39776)),
+    "g5.48xlarge": ((10.2614, 9.77282, 9.5774, 7.03642, 6.51521, 6.12428), (12.8268, 8.79552)),
+    "g6.xlarge": ((0.52392, 0.499033, 0.489041, 0.3694, 0.342025, 0.321499), (0.65491, 0.46175)),
+    "g6.2xlarge": ((0.63642, 0.606142, 0.59395, 0.44872, 0.415465, 0.390563), (0.79552, 0.5609)),
+    "g6.4xlarge": ((0.8614, 0.82035, 0.803995, 0.60735, 0.562344, 0.528615), (1.07675, 0.75919)),
+    "g6.8xlarge": ((1.31137, 1.24889, 1.22397, 0.92461, 0.856104, 0.804756), (1.63922, 1.15576)),
+    "g6.12xlarge": ((2.99564, 2.85298, 2.79589, 2.11213, 1.95569, 1.83836), (3.74455, 2.64017)),
+    "g6.16xlarge": ((2.21132, 2.10598, 2.06393, 1.55913, 1.44362, 1.35704), (2.76415, 1.94891)),
+    "g6.24xlarge": ((4.34556, 4.1386, 4.05582, 3.06392, 2.83697, 2.66674), (5.43194, 3.8299)),
+    "g6.48xlarge": ((8.69111, 8.2772, 8.11176, 6.12783, 5.67391, 5.33349), (10.86389, 7.65979)),
+    "g6e.xlarge": ((1.17243, 1.11663, 1.09429, 0.80395, 0.744384, 0.699734), (1.40692, 0.96474)),
+    "g6e.2xlarge": ((1.41251, 1.34522, 1.31838, 0.96858, 0.896822, 0.843037), (1.69501, 1.16229)),
+    "g6e.4xlarge": ((1.89267, 1.80253, 1.76644, 1.29783, 1.20169, 1.1296), (2.2712, 1.5574)),
+    "g6e.8xlarge": ((2.85299, 2.71713, 2.66279, 1.95634, 1.81142, 1.70274), (3.42359, 2.3476)),
+    "g6e.12xlarge": ((6.61036, 6.29562, 6.16963, 4.53282, 4.19705, 3.94524), (7.93243, 5.43938)),
+    "g6e.16xlarge": ((4.77363, 4.54633, 4.45537, 3.27335, 3.03089, 2.84901), (5.72836, 3.92802)),
+    "g6e.24xlarge": ((9.49132, 9.03931, 8.85856, 6.50834, 6.02625, 5.66465), (11.38959, 7.81)),
+    "g6e.48xlarge": ((18.9826, 18.0787, 17.7171, 13.0167, 12.0525, 11.3293), (22.77917, 15.62)),
+    "p4d.24xlarge": ((13.9211, 13.2582, 12.993, 9.37422, 8.67983, 8.15906), (16.7053123, 14.9987536)),
+    "p4de.24xlarge": ((17.4014, 16.5728, 16.2413, 11.7178, 10.8498, 10.1988), (20.8816385, 18.748442)),
+    "p5.4xlarge": ((None, None, None, 2.97216, 2.75199, 2.58687), (5.418, 5.05267)),
+    "p5.48xlarge": ((None, None, None, 23.7773, 22.016, 20.6951), (43.344, 40.42138)),
+    "p5en.48xlarge": ((None, None, None, None, None, None), (49.8456, 46.52467)),
+}
+PUBLISHED_COMMITMENT_RATES: dict[str, PublishedRates] = {
+    name: PublishedRates(reserved, plans) for name, (reserved, plans) in _PUBLISHED.items()
+}
+
+
 @dataclass(frozen=True)
 class ReservedOffer:
-    """A reserved-instance option priced for one instance type."""
+    """A reserved-instance option priced for one instance type, with where its rate comes from."""
 
     instance_type: str
     option: CommitmentOption
     effective_usd_hour: float  # what one reserved instance costs per hour of its term, upfront included
     upfront_usd: float
     recurring_usd_hour: float
+    rate_source: str  # COMMITMENT_RATES_SOURCE or ESTIMATED_RESERVED_SOURCE
+
+
+def _offer(itype: InstanceType, option: CommitmentOption, rate: float, source: str) -> ReservedOffer:
+    # Sources give the effective rate only: an all-upfront term is all upfront, a partial-upfront one is split
+    # about half and half (as AWS prices it: m5.large 1y, $252 upfront and $0.029/h).
+    upfront = rate * option.upfront_share * option.term_hours
+    return ReservedOffer(itype.name, option, rate, upfront, rate * (1.0 - option.upfront_share), source)
+
+
+def _host_share(itype: InstanceType) -> float:
+    """The share of its catalog type's prices a type pays: under 1 for a slice of a host (slice_type)."""
+    return itype.ondemand_usd_hour / INSTANCE_TYPES[itype.name].ondemand_usd_hour
 
 
 def reserved_offers(itype: InstanceType) -> list[ReservedOffer]:
-    """The six standard reserved-instance options of a type (none where the catalog has no 1-year rate)."""
+    """The standard reserved-instance options of a type: its published ones, else estimates from its 1-year
+    no-upfront rate (none where the catalog has no such rate)."""
+    published = PUBLISHED_COMMITMENT_RATES.get(itype.name)
+    if published is not None:
+        share = _host_share(itype)
+        return [
+            _offer(itype, option, rate * share, COMMITMENT_RATES_SOURCE)
+            for option, rate in zip(RESERVED_OPTIONS, published.reserved, strict=True)
+            if rate is not None
+        ]
     if itype.reserved_1y_usd_hour is None:
         return []
-    offers = []
-    for option in RESERVED_OPTIONS:
-        rate = itype.reserved_1y_usd_hour * option.fraction_of_on_demand / RI_1Y_NO_UPFRONT_FRACTION
-        upfront = rate * option.upfront_share * option.term_hours
-        offers.append(ReservedOffer(itype.name, option, rate, upfront, rate * (1.0 - option.upfront_share)))
-    return offers
+    return [
+        _offer(
+            itype,
+            option,
+            itype.reserved_1y_usd_hour * option.fraction_of_on_demand / RI_1Y_NO_UPFRONT_FRACTION,
+            ESTIMATED_RESERVED_SOURCE,
+        )
+        for option in RESERVED_OPTIONS
+    ]
+
+
+@dataclass(frozen=True)
+class SavingsPlanRate:
+    """What a compute savings plan charges for an hour of one instance type, relative to on-demand."""
+
+    instance_type: str
+    option: CommitmentOption
+    fraction_of_on_demand: float
+    rate_source: str  # COMMITMENT_RATES_SOURCE or ESTIMATED_SAVINGS_PLAN_SOURCE
+
+
+def savings_plan_rate(option: CommitmentOption, itype: InstanceType) -> SavingsPlanRate:
+    """A savings plan's rate for a type: published, else the typical discount."""
+    published = PUBLISHED_COMMITMENT_RATES.get(itype.name)
+    if published is None:
+        return SavingsPlanRate(
+            itype.name, option, option.fraction_of_on_demand, ESTIMATED_SAVINGS_PLAN_SOURCE
+        )
+    names = [plan.name for plan in SAVINGS_PLAN_OPTIONS]
+    if option.name not in names:
+        raise KeyError(f"unknown savings plan option {option.name!r}; known: {', '.join(names)}")
+    full_type = INSTANCE_TYPES[itype.name]  # a slice of a host pays the same fraction as the whole host
+    rate = published.savings_plans[names.index(option.name)]
+    return SavingsPlanRate(itype.name, option, rate / full_type.ondemand_usd_hour, COMMITMENT_RATES_SOURCE)
 
 
 def config_usd_hour(config: DeploymentConfig) -> float:
-    """What a config costs per hour at catalog prices (on-demand and spot replicas at their prices)."""
-    itype = instance_type(config.instance_type)
+    """What a config costs per hour at catalog prices (on-demand and spot replicas at their prices; a slice of a
+    shared host at its share of the host's)."""
+    itype = replica_type(config)
     return sum(
         config.replicas_on(lc) * itype.price_usd_hour(lc) for lc in Lifecycle if config.replicas_on(lc)
     )

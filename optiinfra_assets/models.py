@@ -98,6 +98,10 @@ class DeploymentConfig(BaseModel):
     min_replicas: int = Field(1, ge=0, le=10_000)
     max_replicas: int = Field(64, ge=1, le=10_000)
     engine: EngineConfig = EngineConfig()
+    # None: one replica per instance (the engine's TP x PP is the instance's GPU count). Set: each replica is a
+    # slice of this many whole GPUs of an ``instance_type`` host that may hold other deployments' replicas
+    # (consolidation's shared placements); the engine's TP x PP must equal it (serving.validate_config).
+    gpus_per_replica: int | None = Field(None, ge=1, le=64)
 
     @model_validator(mode="after")
     def _bounds(self) -> DeploymentConfig:
@@ -172,6 +176,23 @@ class Instance(BaseModel):
     instance_type: str
     lifecycle: Lifecycle
     engine: EngineConfig = EngineConfig()
+    state: InstanceState = InstanceState.RUNNING
+    az: str = "us-east-1a"
+    launched_at: datetime
+    ended_at: datetime | None = None
+    # A slice of a shared host (DeploymentConfig.gpus_per_replica): the host and the GPUs it holds of it.
+    host_id: str | None = None
+    gpus: int | None = Field(None, ge=1, le=64)
+
+
+class Host(BaseModel):
+    """A multi-GPU instance holding slices (replicas on whole GPUs of it) of one or several deployments; it
+    runs while it holds a slice. A dedicated-hardware customer's host holds that customer's slices only."""
+
+    id: str
+    instance_type: str
+    lifecycle: Lifecycle
+    dedicated_customer_id: str | None = None
     state: InstanceState = InstanceState.RUNNING
     az: str = "us-east-1a"
     launched_at: datetime

@@ -23,6 +23,8 @@ from optiinfra_assets.catalog import (
     default_config,
     instance_type,
     model,
+    replica_type,
+    slice_type,
 )
 from optiinfra_assets.metrics import KEY_COLUMNS, SCHEMAS, Domain, ThrottleReason
 from optiinfra_assets.models import (
@@ -147,6 +149,16 @@ CUSTOMERS: tuple[Customer, ...] = (
         min_monthly_savings_usd=300,
         auto_approve_max_risk=Risk.LOW,
     ),
+    # Resource agent (issue 9, shared placements): a customer on dedicated hardware whose two 32B models each
+    # run on all four L40S of g6e.12xlarge instances, where two L40S hold one replica (initrode-* below).
+    Customer(
+        id="initrode",
+        name="Initrode (contract review, dedicated hardware)",
+        slo_p95_latency_ms=30_000,
+        min_monthly_savings_usd=500,
+        allow_spot=False,  # contracts under review stay off capacity the cloud may reclaim
+        dedicated_hardware=True,
+    ),
 )
 
 # (id, customer, model, instance type, replicas, utilization at a normal weekday peak[, engine overrides])
@@ -210,6 +222,12 @@ _DEPLOYMENTS: tuple[
     # instance, where two L4s hold it (consolidation: two replicas per 4-GPU instance, or a cheaper 1-GPU type).
     ("initech-pack-qwen14b-a", "initech", "Qwen2.5-14B", "g6.12xlarge", 2, 0.3),
     ("initech-pack-qwen14b-b", "initech", "Qwen2.5-14B", "g6.12xlarge", 2, 0.3),
+    # Resource agent (issue 9): shared placements. Two 32B deployments of a dedicated-hardware customer, each
+    # on two 4-GPU g6e.12xlarge where two L40S hold a replica within its 30 s SLO and AWS sells no 2-GPU
+    # L40S type: consolidation's optimum puts one TP-2 replica of each on each of two g6e.12xlarge (spread
+    # over two hosts, its own hosts only), half the hosts; the target packs them.
+    ("initrode-review-qwen32b-a", "initrode", "Qwen2.5-32B", "g6e.12xlarge", 2, 0.08),
+    ("initrode-review-qwen32b-b", "initrode", "Qwen2.5-32B", "g6e.12xlarge", 2, 0.08),
 )
 # (deployment, degradation mode, drop of mean quality %, scope) the sandbox suffers from its seeding on.
 INITIAL_QUALITY_FAULTS: tuple[tuple[str, str, float, str], ...] = (
@@ -226,7 +244,7 @@ FLEET_AGE = timedelta(days=30)  # the initial instances were launched this long 
 
 def capacity(deployment: Deployment) -> ServingCapacity:
     return serving_capacity(
-        model(deployment.model), instance_type(deployment.instance_type), deployment.config.engine
+        model(deployment.model), replica_type(deployment.config), deployment.config.engine
     )
 
 
@@ -426,10 +444,14 @@ def traced_demand_factor(ts_s: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 
 @cache
-def _serving_group(model_name: str, itype_name: str, engine: EngineConfig) -> tuple[ServingCapacity, float]:
-    """Capacity and quality factor of one serving group: computed once per process, pure in its arguments."""
+def _serving_group(
+    model_name: str, itype_name: str, engine: EngineConfig, gpus: int | None = None
+) -> tuple[ServingCapacity, float]:
+    """Capacity and quality factor of one serving group (``gpus``: a slice of a shared host of that many GPUs):
+    computed once per process, pure in its arguments."""
     spec = model(model_name)
-    return serving_capacity(spec, instance_type(itype_name), engine), quality_factor(spec, engine)
+    itype = slice_type(instance_type(itype_name), gpus)
+    return serving_capacity(spec, itype, engine), quality_factor(spec, engine)
 
 
 class _Fleet:
@@ -459,16 +481,23 @@ class _Fleet:
         self.burst_keys = np.array([_key(seed, "burst:" + did) for did in dep_ids], dtype=np.uint64)
         # (capacity, instance type, quality factor) per serving group; group_idx: each instance's group.
         self.groups: list[tuple[ServingCapacity, InstanceType, float]] = []
-        group_of: dict[tuple[str, str, EngineConfig], int] = {}
+        group_of: dict[tuple[str, str, EngineConfig, int | None], int] = {}
         group_idx = []
         for inst, dep in zip(self.instances, self.deployments, strict=True):
-            key = (dep.model, inst.instance_type, inst.engine)
+            key = (dep.model, inst.instance_type, inst.engine, inst.gpus)
             if key not in group_of:
                 group_of[key] = len(self.groups)
                 cap, quality = _serving_group(*key)
-                self.groups.append((cap, instance_type(inst.instance_type), quality))
+                self.groups.append((cap, slice_type(instance_type(inst.instance_type), inst.gpus), quality))
             group_idx.append(group_of[key])
         self.group_idx = np.array(group_idx, dtype=np.int64)
+        # Slices of shared hosts: each instance's host (-1: a whole instance) and the GPUs it holds of it.
+        host_ids = list(dict.fromkeys(i.host_id for i in self.instances if i.host_id))
+        host_index = {hid: k for k, hid in enumerate(host_ids)}
+        self.host_idx = np.array(
+            [host_index.get(i.host_id or "", -1) for i in self.instances], dtype=np.int64
+        )
+        self.slice_gpus = np.array([i.gpus or 0 for i in self.instances], dtype=np.float64)
         self.noise_keys = np.array([_key(seed, i.id) for i in self.instances], dtype=np.uint64)
         self.quality_keys = np.array([_key(seed, "quality:" + i.id) for i in self.instances], dtype=np.uint64)
         self._lo_ms, self._hi_ms = _running_bounds_ms(self.instances)
@@ -608,6 +637,7 @@ def _cost(fleet: _Fleet, start: datetime, end: datetime) -> pl.DataFrame:
     itypes = pl.Series([i.instance_type for i in fleet.instances], dtype=pl.String)
     gather = pl.Series(n_idx, dtype=pl.UInt32)
     price = prices[n_idx] if n_idx.size else np.empty(0)
+    price = _host_shares(fleet, t_idx, n_idx, price)
     return _frame(
         Domain.COST,
         fleet,
@@ -620,6 +650,25 @@ def _cost(fleet: _Fleet, start: datetime, end: datetime) -> pl.DataFrame:
             "cost_usd": price / 60.0,
         },
     )
+
+
+def _host_shares(fleet: _Fleet, t_idx: np.ndarray, n_idx: np.ndarray, price: np.ndarray) -> np.ndarray:
+    """Each row's price with a slice charged its host's price x its GPUs / the GPUs the host's running slices
+    hold at that minute: a host's unused GPUs are paid by its tenants in proportion, so the rows of one minute
+    add up to every running host's and whole instance's price (the fleet's bill). Shares are over the
+    instances given: generate them with every slice of a host (as collection does)."""
+    host_rows = fleet.host_idx[n_idx]
+    sliced = host_rows >= 0
+    if not sliced.any():
+        return price
+    price = price.copy()
+    gpus = fleet.slice_gpus[n_idx[sliced]]
+    _, cell = np.unique(
+        t_idx[sliced] * (int(fleet.host_idx.max()) + 1) + host_rows[sliced], return_inverse=True
+    )
+    held = np.bincount(cell, weights=gpus)
+    price[sliced] *= gpus / held[cell]
+    return price
 
 
 # What each customer's deployments serve, so their sampled requests are text of that kind.

@@ -349,7 +349,16 @@ def validate_config(model_name: str, config: DeploymentConfig) -> None:
         spec = model(model_name)
     except KeyError as exc:
         raise ConfigError("model", model_name, exc.args[0]) from None
-    problems = config_problems(spec, itype.gpu, itype.gpu_count, config.engine)
+    gpus = itype.gpu_count
+    if config.gpus_per_replica is not None:  # a slice of a shared host: the engine runs on its GPUs only
+        gpus = config.gpus_per_replica
+        tp, pp = config.engine.tensor_parallel_size, config.engine.pipeline_parallel_size
+        if gpus >= itype.gpu_count:
+            why = f"a slice of a shared {itype.name} holds fewer than its {itype.gpu_count} GPUs (unset: all)"
+            raise ConfigError("gpus_per_replica", gpus, why)
+        if tp * pp != gpus:
+            raise ConfigError("gpus_per_replica", gpus, f"the engine's TP {tp} x PP {pp} = {tp * pp} GPUs")
+    problems = config_problems(spec, itype.gpu, gpus, config.engine)
     if problems:
         raise problems[0]
     plan = memory_plan(spec, itype.gpu, config.engine)

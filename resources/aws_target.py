@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from optiinfra_assets.metrics import SCHEMAS, Domain
 from optiinfra_assets.models import DeploymentConfig, EngineConfig, Instance, InstanceState, Lifecycle
-from optiinfra_assets.serving import validate_config
+from optiinfra_assets.serving import ConfigError, validate_config
 from resources.metric_store import MetricStore
 from resources.state_store import StateStore
 from resources.targets import Pool, _check_prices, pools, stage_pools
@@ -343,6 +343,9 @@ class AwsTarget:
     def apply(self, deployment_id: str, desired: DeploymentConfig, fraction: float) -> list[str]:
         deployment = self.state.get_deployment(deployment_id)
         validate_config(deployment.model, desired)  # ConfigError names the field: nothing is launched
+        if desired.gpus_per_replica is not None:  # docs/operations.md: shared hosts are the sandbox's only
+            why = "shared hosts (several replicas per EC2 instance) are not built for the AWS target"
+            raise ConfigError("gpus_per_replica", desired.gpus_per_replica, why)
         want = stage_pools(deployment.config, desired, fraction)
         _check_prices(want)
         actions = self._converge(deployment_id, want)

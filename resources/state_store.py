@@ -36,6 +36,7 @@ from optiinfra_assets.models import (
     Execution,
     ExecutionStatus,
     Fault,
+    Host,
     Instance,
     InstanceState,
     Outcome,
@@ -101,6 +102,22 @@ instances = sa.Table(
     sa.Column("launched_at", TS, nullable=False),
     sa.Column("ended_at", TS),
     sa.Column("engine", sa.JSON),  # the EngineConfig this instance serves with
+    # A slice of a shared host (migration 9): the host and the GPUs of it the slice holds; NULL: whole instance.
+    sa.Column("host_id", sa.String(64), index=True),
+    sa.Column("gpus", sa.Integer),
+)
+# Multi-GPU instances holding slices of one or several deployments (migration 9).
+hosts = sa.Table(
+    "hosts",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("instance_type", sa.String(64), nullable=False),
+    sa.Column("lifecycle", sa.String(16), nullable=False),
+    sa.Column("dedicated_customer_id", sa.String(64)),  # NULL: any non-dedicated customer's slices
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("az", sa.String(32), nullable=False),
+    sa.Column("launched_at", TS, nullable=False),
+    sa.Column("ended_at", TS),
 )
 faults = sa.Table(
     "faults",
@@ -392,6 +409,17 @@ def _migration_3(conn: Connection) -> None:
         )
 
 
+def _migration_9(conn: Connection) -> None:
+    """Shared hosts (consolidation's shared placements): the hosts table and each instance's host and GPUs;
+    migration 1 creates them on a new database, so each is added only where missing."""
+    metadata.create_all(conn, checkfirst=True, tables=[hosts])
+    present = {c["name"] for c in sa.inspect(conn).get_columns(instances.name)}
+    for column, sql_type in (("host_id", "VARCHAR(64)"), ("gpus", "INTEGER")):
+        if column not in present:
+            conn.exec_driver_sql(f"ALTER TABLE {instances.name} ADD COLUMN {column} {sql_type}")
+    conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS ix_instances_host_id ON {instances.name} (host_id)")
+
+
 # Append new migrations here; never edit an applied one.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _migration_1),
@@ -400,6 +428,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (4, _migration_4),
     (6, _migration_6),
     (8, _migration_8),
+    (9, _migration_9),
 ]
 
 
@@ -612,6 +641,34 @@ class StateStore:
                 )
                 for r in rows
             ]
+
+    def add_host(self, host: Host) -> None:
+        with self._begin() as conn:
+            conn.execute(hosts.insert().values(**host.model_dump()))
+
+    def end_host(self, host_id: str, state: InstanceState, at: datetime) -> None:
+        with self._begin() as conn:
+            conn.execute(
+                hosts.update()
+                .where(hosts.c.id == host_id, hosts.c.state == InstanceState.RUNNING)
+                .values(state=state, ended_at=at)
+            )
+
+    def list_hosts(self, include_ended: bool = False) -> list[Host]:
+        query = sa.select(hosts).order_by(hosts.c.launched_at, hosts.c.id)
+        if not include_ended:
+            query = query.where(hosts.c.state == InstanceState.RUNNING)
+        with self._begin() as conn:
+            return [
+                Host.model_validate(
+                    {**r, "launched_at": _utc(r["launched_at"]), "ended_at": _utc(r["ended_at"])}
+                )
+                for r in conn.execute(query).mappings()
+            ]
+
+    def list_host_slices(self, host_id: str, include_ended: bool = False) -> list[Instance]:
+        """The slices a host holds (running ones unless ``include_ended``), of every deployment."""
+        return [i for i in self.list_instances(include_ended=include_ended) if i.host_id == host_id]
 
     def instance_index(self) -> dict[str, tuple[str, str]]:
         """instance_id -> (customer_id, deployment_id), ended instances included (late metrics are valid)."""

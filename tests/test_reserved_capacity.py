@@ -58,13 +58,16 @@ def test_half_used_instances_stay_on_demand() -> None:
 
 def test_usage_moving_between_types_is_covered_by_a_savings_plan_in_dollars_per_hour() -> None:
     # One instance, on g5 in even hours and on g6 in odd ones: a reserved instance of either type idles half
-    # the time (0.5 x on-demand < its rate), while a 1-year compute savings plan of 0.76 x $0.8048/h covers
-    # all of the g6 hours and most of the g5 ones; committing more would only pay in g5 hours.
+    # the time (0.5 x on-demand < its rate), while a 1-year compute savings plan of $0.65491/h (AWS's rate
+    # for an hour of g6.xlarge) covers all of the g6 hours and, at g5.xlarge's rate of $0.79223 for $1.006 of
+    # on-demand, most of the g5 ones; committing more would only pay in g5 hours (0.5 / 0.7875 < 1).
     usage = np.array([[1.0, 0.0], [0.0, 1.0]] * 360)
     commitment, cost = optimize_commitment(usage, [G5, G6], YEAR_H)
     assert not commitment.reserved
-    assert commitment.savings_plans == {"sp-1y-no-upfront": pytest.approx(0.76 * 0.8048, abs=1e-4)}
-    assert cost == pytest.approx(0.76 * 0.8048 + 0.5 * (1.006 - 0.8048))
+    assert commitment.savings_plans == {"sp-1y-no-upfront": pytest.approx(0.65491, abs=1e-4)}
+    g5_hours_covered = 0.65491 / 0.79223  # of a g5.xlarge hour
+    assert cost == pytest.approx(0.65491 + 0.5 * 1.006 * (1 - g5_hours_covered))
+    assert hourly_cost(commitment, usage, [G5, G6], YEAR_H) == pytest.approx(cost, rel=1e-4)
 
 
 def test_bad_usage_names_the_field() -> None:
@@ -77,7 +80,7 @@ def test_bad_usage_names_the_field() -> None:
 def test_break_even_month_of_an_all_upfront_commitment() -> None:
     usage = np.full((720, 1), 3.0)
     commitment = Commitment({(G5, "ri-1y-all-upfront"): 3}, {})
-    # upfront 3 x $5,199.41 against 3 x $1.006 x 730 avoided a month: paid back during month 8.
+    # upfront 3 x $5,182.00 (AWS: $0.591553/h x 8760) against 3 x $1.006 x 730 avoided a month: month 8.
     assert break_even_month(commitment, usage, [G5], 730.0) == 8
     no_upfront = Commitment({(G5, "ri-1y-no-upfront"): 3}, {})
     assert break_even_month(no_upfront, usage, [G5], 730.0) == 1

@@ -25,7 +25,7 @@ def fleet():
 
 def test_initial_fleet_shape(fleet) -> None:
     customers, deployments, instances = fleet
-    assert 3 <= len(customers) <= 6 and len(deployments) >= 5  # each agent adds its situations
+    assert 3 <= len(customers) <= 7 and len(deployments) >= 5  # each agent adds its situations
     # Only vandelay writes an auto-approval policy (issue 10: its A/B rollback happens without a click).
     assert all(c.auto_approve_max_risk is None for c in customers if c.id != "vandelay")
     assert all(i.lifecycle == Lifecycle.ON_DEMAND and i.state == InstanceState.RUNNING for i in instances)
@@ -57,7 +57,13 @@ PERFORMANCE_SITUATIONS = {
     "acme-tp4-llama8b",
 }
 # Resource agent (issue 9): idle GPUs and small deployments that fit together, under the band on purpose.
-RESOURCE_SITUATIONS = {"initech-idle-mistral7b", "initech-pack-qwen14b-a", "initech-pack-qwen14b-b"}
+RESOURCE_SITUATIONS = {
+    "initech-idle-mistral7b",
+    "initech-pack-qwen14b-a",
+    "initech-pack-qwen14b-b",
+    "initrode-review-qwen32b-a",  # shared placements: two L40S of a shared host hold what four serve today
+    "initrode-review-qwen32b-b",
+}
 # Cost agent (issue 7): an over-provisioned deployment for right-sizing, under the band on purpose.
 COST_SITUATIONS = {"globex-oversized-llama8b"}
 

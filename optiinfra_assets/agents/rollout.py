@@ -21,7 +21,7 @@ from typing import Any
 
 from optiinfra_assets.agents import find_capability
 from optiinfra_assets.agents.capability import Capability, StageContext
-from optiinfra_assets.catalog import config_usd_hour, instance_type
+from optiinfra_assets.catalog import config_usd_hour, instance_type, slice_type
 from optiinfra_assets.config import DecisionSettings
 from optiinfra_assets.models import (
     CheckResult,
@@ -332,8 +332,10 @@ def _audit(ctx: RolloutContext, rec: Recommendation, action: str, detail: dict[s
 
 
 def fleet_usd_hour(instances: list[Instance]) -> float:
-    """What the running instances cost per hour at catalog prices."""
-    return sum(instance_type(i.instance_type).price_usd_hour(i.lifecycle) for i in instances)
+    """What the running instances cost per hour at catalog prices (a slice: its GPUs' share of its host's)."""
+    return sum(
+        slice_type(instance_type(i.instance_type), i.gpus).price_usd_hour(i.lifecycle) for i in instances
+    )
 
 
 def _last(execution: Execution, key: str) -> float | None:

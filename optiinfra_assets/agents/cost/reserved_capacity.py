@@ -7,13 +7,15 @@ The model, per hour of usage history (identical hours merged, with their count a
 
     minimize   sum_o  n_o x rate_o x F_o  +  sum_p  c_p x F_p  +  mean_t  sum_k  od_k x z_kt
     subject to sum_{o of k} n_o + sum_p y_kpt + z_kt >= u_kt        (every instance-hour is paid for)
-               sum_k od_k x f_p x y_kpt <= c_p                      (a plan covers spend up to its $/h)
+               sum_k od_k x f_kp x y_kpt <= c_p                     (a plan covers spend up to its $/h)
                n_o integer >= 0, c_p, y, z >= 0
 
 with u the on-demand instance-hours of type k in hour t, n_o reserved instances of option o (its effective
-$/h rate, upfront amortized), c_p the $/h commitment of savings plan p at its rate f_p of on-demand, z the
-hours left on-demand. F = max(term, horizon) / horizon charges a commitment longer than the horizon the usage
-is assumed to last for its whole term, so a 3-year term must save enough within the horizon to pay for it.
+$/h rate, upfront amortized), c_p the $/h commitment of savings plan p at its rate f_kp of type k's on-demand
+price, z the hours left on-demand. F = max(term, horizon) / horizon charges a commitment longer than the
+horizon the usage is assumed to last for its whole term, so a 3-year term must save enough within the horizon
+to pay for it. Rates are the catalog's (catalog.py: published per type, or estimates labelled as such); the
+evidence names the source of each option's rate.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from optiinfra_assets.catalog import (
     ReservedOffer,
     instance_type,
     reserved_offers,
+    savings_plan_rate,
 )
 from optiinfra_assets.config import DecisionSettings
 from optiinfra_assets.models import Customer, Deployment, Lifecycle
@@ -131,6 +134,9 @@ def _solve(
     rows = np.frombuffer(rows_bytes).reshape(shape)
     weights = np.frombuffer(weights_bytes)
     od = np.array([instance_type(t).ondemand_usd_hour for t in types])
+    plan_fraction = [
+        [savings_plan_rate(p, instance_type(t)).fraction_of_on_demand for p in plans] for t in types
+    ]
     n_rows, n_types, n_plans, n_offers = rows.shape[0], len(types), len(plans), len(offers)
     weights = weights / weights.sum()
     # variable layout: [n_o (offers) | c_p (plans) | y_kpt (types x plans x rows) | z_kt (types x rows)]
@@ -166,12 +172,12 @@ def _solve(
             lower.append(rows[t, k])
             upper.append(np.inf)
             r += 1
-    for p, plan in enumerate(plans):  # a plan covers on-demand spend at its rate up to its $/h
+    for p in range(n_plans):  # a plan covers on-demand spend at its rate for the type up to its $/h
         for t in range(n_rows):
             cols = [y(k, p, t) for k in range(n_types)] + [n_offers + p]
             rows_i += [r] * len(cols)
             cols_i += cols
-            vals += [float(od[k] * plan.fraction_of_on_demand) for k in range(n_types)] + [-1.0]
+            vals += [float(od[k] * plan_fraction[k][p]) for k in range(n_types)] + [-1.0]
             lower.append(-np.inf)
             upper.append(0.0)
             r += 1
@@ -221,17 +227,25 @@ def commitment_usd_hour(commitment: Commitment, types: Sequence[str], horizon_ho
 
 def remaining_on_demand(commitment: Commitment, usage: np.ndarray, types: Sequence[str]) -> float:
     """Expected on-demand $/h left as billed: reserved instances cover their type first, then savings plans
-    the remaining on-demand spend (the deepest discount first)."""
+    the remaining on-demand spend, the deepest discount (of any plan on any type) first, as AWS bills them."""
     usage = np.atleast_2d(np.asarray(usage, dtype=np.float64))
     od = np.array([instance_type(t).ondemand_usd_hour for t in types])
     reserved_per_type = np.zeros(len(types))
     for (itype, _), count in commitment.reserved.items():
         reserved_per_type[list(types).index(itype)] += count
-    left = np.maximum(usage - reserved_per_type, 0.0) @ od
-    for plan in sorted(SAVINGS_PLAN_OPTIONS, key=lambda p: p.fraction_of_on_demand):
-        commit = commitment.savings_plans.get(plan.name, 0.0)
-        left = np.maximum(left - commit / plan.fraction_of_on_demand, 0.0)
-    return float(left.mean())
+    left = np.maximum(usage - reserved_per_type, 0.0) * od  # (hours, types) on-demand $ still to pay
+    commit = {name: np.full(left.shape[0], usd) for name, usd in commitment.savings_plans.items()}
+    rates = sorted(
+        (savings_plan_rate(plan, instance_type(t)).fraction_of_on_demand, plan.name, k)
+        for plan in SAVINGS_PLAN_OPTIONS
+        if plan.name in commit
+        for k, t in enumerate(types)
+    )
+    for fraction, name, k in rates:
+        covered = np.minimum(left[:, k], commit[name] / fraction)
+        left[:, k] -= covered
+        commit[name] -= covered * fraction
+    return float(left.sum(axis=1).mean())
 
 
 def hourly_cost(
@@ -279,6 +293,9 @@ class OptionFigures(BaseModel):
     quantity: float  # instances (reserved) or $/h (savings plan)
     monthly_savings_usd: float
     upfront_usd: float
+    # where the option's rate for the type comes from (catalog.py), or that it is estimated; evidence
+    # recorded before rates were sourced has none
+    rate_source: str = "not recorded"
 
 
 class ReservedCapacityEvidence(Evidence):
@@ -294,6 +311,7 @@ class ReservedCapacityEvidence(Evidence):
     horizon_months: float
     reserved_instances: dict[str, int]  # option name -> instances of the type
     savings_plans_usd_hour: dict[str, float]
+    rate_sources: dict[str, str] = Field(default_factory=dict)  # each recommended option -> its rate's source
     on_demand_usd_month: float
     committed_usd_month: float  # expected, with the commitment (its term's cost spread over the horizon)
     monthly_savings_usd: float
@@ -406,6 +424,11 @@ def analyze_reserved_capacity(
     worth = next((k for k in ("p10", "p50", "p90") if at[k] > 0), "never")
     offers = {o.option.name: o for o in reserved_offers(itype)}
     upfront = sum(offers[name].upfront_usd * n for (_, name), n in commitment.reserved.items())
+    sources = {name: offers[name].rate_source for (_, name) in commitment.reserved} | {
+        plan.name: savings_plan_rate(plan, itype).rate_source
+        for plan in SAVINGS_PLAN_OPTIONS
+        if plan.name in commitment.savings_plans
+    }
     payback = break_even_month(commitment, matrix, types, hpm)
     options = _each_option(matrix, types, horizon_h, od_h, hpm)
     bought = [f"{n} x {itype.name} {name}" for (_, name), n in commitment.reserved.items()] + [
@@ -428,8 +451,7 @@ def analyze_reserved_capacity(
         f"risk from usage variance: {worth_text} (${at['p10']:,.0f} / ${at['p50']:,.0f} / ${at['p90']:,.0f} "
         "a month at p10/p50/p90)",
         "advice only: a purchase is a person's act; approving records the decision, nothing is changed",
-        "rates: catalog 1-year no-upfront price, other options scaled by AWS's public payment-option ratios "
-        "(not re-checked live; see catalog.py)",
+        *(f"rates of {', '.join(names)}: {source}" for source, names in _by_source(sources).items()),
     ]
     if days < 30:
         reasons.insert(1, f"only {days:.0f} days of history: 30-90 days make a firmer case")
@@ -445,6 +467,7 @@ def analyze_reserved_capacity(
         horizon_months=settings.reserved_horizon_months,
         reserved_instances={name: n for (_, name), n in commitment.reserved.items()},
         savings_plans_usd_hour=commitment.savings_plans,
+        rate_sources=sources,
         on_demand_usd_month=round(od_h * hpm, 2),
         committed_usd_month=round(cost_h * hpm, 2),
         monthly_savings_usd=round(savings_month, 2),
@@ -458,6 +481,14 @@ def analyze_reserved_capacity(
         options=options,
         reasons=reasons,
     )
+
+
+def _by_source(sources: dict[str, str]) -> dict[str, list[str]]:
+    """Option names grouped by their rates' source, in the order first met."""
+    grouped: dict[str, list[str]] = {}
+    for name, source in sources.items():
+        grouped.setdefault(source, []).append(name)
+    return grouped
 
 
 def _each_option(
@@ -482,12 +513,14 @@ def _each_option(
                 quantity=float(n),
                 monthly_savings_usd=round((od_h - costs[n]) * hpm, 2),
                 upfront_usd=round(offer.upfront_usd * n, 2),
+                rate_source=offer.rate_source,
             )
         )
     spend = level * od
     for plan in SAVINGS_PLAN_OPTIONS:
-        commits = np.concatenate([[0.0], np.unique(spend) * plan.fraction_of_on_demand])
-        covered = commits / plan.fraction_of_on_demand
+        rate = savings_plan_rate(plan, itype)
+        commits = np.concatenate([[0.0], np.unique(spend) * rate.fraction_of_on_demand])
+        covered = commits / rate.fraction_of_on_demand
         left = (np.maximum(spend[None, :] - covered[:, None], 0.0) * weights).sum(axis=1)
         costs = commits * horizon_factor(plan, horizon_h) + left
         k = int(np.argmin(costs))
@@ -497,6 +530,7 @@ def _each_option(
                 quantity=round(float(commits[k]), 4),
                 monthly_savings_usd=round((od_h - costs[k]) * hpm, 2),
                 upfront_usd=0.0,
+                rate_source=rate.rate_source,
             )
         )
     return out

@@ -4,7 +4,7 @@ spot pool)."""
 from __future__ import annotations
 
 from optiinfra_assets.agents.capability import ValidationRequest
-from optiinfra_assets.catalog import InstanceType, instance_type, model
+from optiinfra_assets.catalog import InstanceType, model, replica_type
 from optiinfra_assets.models import Validation
 from optiinfra_assets.serving import ConfigError, serving_capacity, validate_config
 
@@ -28,7 +28,7 @@ def spot_pool_instances(itype: InstanceType) -> tuple[int, int, bool]:
 def validate(request: ValidationRequest) -> Validation:
     """Pass when the proposed config fits the model and GPU, and the spot pool can hold its spot replicas."""
     proposed = request.proposed
-    itype = instance_type(proposed.instance_type)
+    itype = replica_type(proposed)  # a slice of a shared host: its GPUs only
     problems: list[str] = []
     notes: list[str] = []
     figures: dict[str, float] = {

@@ -22,6 +22,12 @@ A replica is offered a shared instance type only where its GPUs there cost less 
 placement (AWS prices multi-GPU types higher per GPU, so this keeps the program small); the optimum is
 optimal within that offer. HiGHS runs under a time limit; on hitting it the best solution found so far is
 reported as such, and the greedy plan is taken whenever it is cheaper (the solver is never worse than greedy).
+
+**Applied**: a deployment the optimum puts alone on one type is proposed as a move to that type; one it puts on
+shared instances of one type as slices (``DeploymentConfig.gpus_per_replica``: the replica's GPUs, an engine
+of that TP), whose evidence names the deployments planned on the same instances and the saving that needs all
+of them to move. The sandbox target packs slices onto hosts (fullest first, a dedicated customer on its own,
+spread over two or more hosts: resources/targets.py) and bills a host's price to its slices by GPUs.
 """
 
 from __future__ import annotations
@@ -42,7 +48,14 @@ from scipy.sparse import coo_array
 from optiinfra_assets.agents import performance
 from optiinfra_assets.agents.capability import Capability, Estimate, Evidence, Objective, Proposal, Skip
 from optiinfra_assets.agents.resource import AGENT
-from optiinfra_assets.catalog import INSTANCE_TYPES, InstanceType, default_engine, model
+from optiinfra_assets.catalog import (
+    INSTANCE_TYPES,
+    InstanceType,
+    config_usd_hour,
+    default_engine,
+    model,
+    slice_type,
+)
 from optiinfra_assets.config import DecisionSettings
 from optiinfra_assets.models import Customer, Deployment, Lifecycle
 from optiinfra_assets.serving import load_point, serving_capacity
@@ -70,6 +83,13 @@ class ReplicaGroup:
     allow_spot: bool
     dedicated: bool
     current_instance_type: str
+    current_gpus_per_replica: int | None = None  # a slice of a shared host today (None: a whole instance)
+
+    @property
+    def current_usd_hour(self) -> float:
+        """What its replicas cost today: whole instances, or their slices' share of their hosts."""
+        itype = slice_type(INSTANCE_TYPES[self.current_instance_type], self.current_gpus_per_replica)
+        return self.replicas * itype.price_usd_hour(self.lifecycle)
 
 
 @dataclass(frozen=True)
@@ -183,6 +203,7 @@ class SharedInstance(BaseModel):
     lifecycle: str
     price_usd_hour: float
     replicas: dict[str, int]  # deployment_id -> replicas on this instance
+    gpus_per_replica: dict[str, int] = Field(default_factory=dict)  # deployment_id -> GPUs one replica holds
 
 
 class Placement(BaseModel):
@@ -229,9 +250,12 @@ class _Pool:
 
 
 def current_cost(groups: Sequence[ReplicaGroup]) -> float:
-    return sum(
-        g.replicas * INSTANCE_TYPES[g.current_instance_type].price_usd_hour(g.lifecycle) for g in groups
-    )
+    return sum(g.current_usd_hour for g in groups)
+
+
+def _shared_gpus(offered: Sequence[Option], key: tuple[str, str]) -> int:
+    """GPUs one replica takes on a shared instance type it is offered."""
+    return next(o.gpus for o in offered if o.shared and o.key == key)
 
 
 def greedy_pack(pool: _Pool) -> PackingPlan:
@@ -274,7 +298,13 @@ def greedy_pack(pool: _Pool) -> PackingPlan:
     for k, (opt, members, _) in enumerate(shared):
         for i, n in members.items():
             placements[i].shared[k] = n
-        instances.append(_shared_instance(opt, {pool.groups[i].deployment_id: n for i, n in members.items()}))
+        instances.append(
+            _shared_instance(
+                opt,
+                {pool.groups[i].deployment_id: n for i, n in members.items()},
+                {pool.groups[i].deployment_id: _shared_gpus(pool.offered[i], opt.key) for i in members},
+            )
+        )
     solo = sum(sum(p.solo.values()) for p in placements.values())
     return PackingPlan(
         method="greedy first-fit",
@@ -286,12 +316,13 @@ def greedy_pack(pool: _Pool) -> PackingPlan:
     )
 
 
-def _shared_instance(opt: Option, replicas: dict[str, int]) -> SharedInstance:
+def _shared_instance(opt: Option, replicas: dict[str, int], gpus: dict[str, int]) -> SharedInstance:
     return SharedInstance(
         instance_type=opt.itype.name,
         lifecycle=opt.lifecycle.value,
         price_usd_hour=opt.price,
         replicas=replicas,
+        gpus_per_replica=gpus,
     )
 
 
@@ -399,7 +430,13 @@ def milp_pack(pool: _Pool, time_limit_s: float) -> PackingPlan | None:
             continue
         for i, count in used.items():
             placements[i].shared[len(instances)] = count
-        instances.append(_shared_instance(opt, {groups[i].deployment_id: c for i, c in used.items()}))
+        instances.append(
+            _shared_instance(
+                opt,
+                {groups[i].deployment_id: c for i, c in used.items()},
+                {groups[i].deployment_id: _shared_gpus(offered[i], opt.key) for i in used},
+            )
+        )
     cost = sum(opt.price * int(x[v]) for v, _, opt in solo_vars) + sum(s.price_usd_hour for s in instances)
     status = "optimal" if result.status == 0 else "time limit: best found so far"
     return PackingPlan(
@@ -504,6 +541,13 @@ class ConsolidationEvidence(Evidence):
     deployment_saving_usd_hour: float
     fit: str
     rollout: str = "make-before-break: new instances serve before the old ones are released"
+    # A shared placement: the GPUs one replica takes of each shared instance, the other deployments the
+    # optimum puts on the same instances, and the saving of all of them together, which needs every one to
+    # move (alone, its slices leave GPUs of a host idle that it pays for).
+    gpus_per_replica: int | None = None
+    shared_with: list[str] = Field(default_factory=list)
+    shared_instances: int = 0
+    shared_saving_usd_hour: float = 0.0
 
 
 def fleet_groups(snapshot: FleetSnapshot, settings: DecisionSettings) -> list[ReplicaGroup]:
@@ -539,6 +583,7 @@ def _group(
         allow_spot=customer.allow_spot,
         dedicated=customer.dedicated_hardware,
         current_instance_type=deployment.instance_type,
+        current_gpus_per_replica=deployment.config.gpus_per_replica,
     )
 
 
@@ -551,8 +596,10 @@ class Consolidation(Capability):
         "within GPU memory, the SLO, spread and customer preferences; rolled out make-before-break."
     )
     evidence_model = ConsolidationEvidence
-    # New instances serve before old ones go (the target's pools move make-before-break); the SLO is watched.
-    stage_checks = (performance.latency_slo,)
+    # New instances serve before old ones go (the target's pools move make-before-break). Packing spends
+    # latency headroom on purpose (fewer or slower GPUs per replica, the MILP's p95 at peak within the SLO), so
+    # the stage check is the SLO itself: a canary slower than its control is the plan, not a regression.
+    stage_checks = (performance.latency_within_slo,)
 
     def analyze(self, snapshot: FleetSnapshot, settings: DecisionSettings) -> Iterator[Proposal | Skip]:
         groups = fleet_groups(snapshot, settings)
@@ -582,29 +629,22 @@ class Consolidation(Capability):
         if not placements:
             return Skip(deployment_id=deployment.id, reason="not placed (unknown customer)")
         if any(p.shared for p in placements):
-            return Skip(
-                deployment_id=deployment.id,
-                reason="the optimum shares a multi-GPU instance with other deployments; the fleet runs one "
-                "replica per instance, so this part of the plan is shown, not applied",
-            )
+            return self._shared(snapshot, deployment, placements, result, settings)
         types = {t for p in placements for t in p.solo}
         if len(types) != 1:
             return Skip(
                 deployment_id=deployment.id, reason=f"the optimum splits it over {sorted(types)}: not applied"
             )
         (target,) = types
-        if target == deployment.instance_type:
+        if target == deployment.instance_type and deployment.config.gpus_per_replica is None:
             return Skip(deployment_id=deployment.id, reason=f"already on its optimal type {target}")
         config = deployment.config
         new_type = INSTANCE_TYPES[target]
-        old_type = INSTANCE_TYPES[deployment.instance_type]
         engine = default_engine(new_type.gpu, new_type.gpu_count)
-        desired = config.model_copy(update={"instance_type": target, "engine": engine})
-        saving = sum(
-            config.replicas_on(lc) * (old_type.price_usd_hour(lc) - new_type.price_usd_hour(lc))
-            for lc in Lifecycle
-            if config.replicas_on(lc)
+        desired = config.model_copy(
+            update={"instance_type": target, "engine": engine, "gpus_per_replica": None}
         )
+        saving = config_usd_hour(config) - config_usd_hour(desired)
         customer = snapshot.customer_by_id[deployment.customer_id]
         if saving * settings.hours_per_month < customer.min_monthly_savings_usd:
             return Skip(
@@ -650,5 +690,104 @@ class Consolidation(Capability):
             summary=(
                 f"Consolidate {deployment.id}: {config.replicas} x {deployment.instance_type} -> {target}, saving "
                 f"${monthly:,.0f}/month (fleet optimum {optimum.status})"
+            ),
+        )
+
+    def _shared(
+        self,
+        snapshot: FleetSnapshot,
+        deployment: Deployment,
+        placements: list[Placement],
+        result: ConsolidationResult,
+        settings: DecisionSettings,
+    ) -> Proposal | Skip:
+        """A shared placement as a change: every replica a slice of ``gpus`` GPUs of the shared type (the
+        target packs the slices onto hosts, spread over two or more)."""
+        optimum, greedy = result.optimum, result.greedy
+        assert optimum is not None and greedy is not None
+        if any(p.solo for p in placements):
+            return Skip(
+                deployment_id=deployment.id,
+                reason="the optimum runs it partly alone, partly on shared instances: not applied",
+            )
+        mine = [optimum.shared_instances[k] for p in placements for k in p.shared]
+        kinds = {(si.instance_type, si.gpus_per_replica[deployment.id]) for si in mine}
+        if len(kinds) != 1:
+            return Skip(
+                deployment_id=deployment.id,
+                reason=f"the optimum splits it over shared {sorted(kinds)} (type, GPUs): not applied",
+            )
+        ((target, gpus),) = kinds
+        config = deployment.config
+        if config.instance_type == target and config.gpus_per_replica == gpus:
+            return Skip(
+                deployment_id=deployment.id, reason=f"already on its optimum: {gpus} GPUs of shared {target}"
+            )
+        new_type = INSTANCE_TYPES[target]
+        desired = config.model_copy(
+            update={
+                "instance_type": target,
+                "gpus_per_replica": gpus,
+                "engine": default_engine(new_type.gpu, gpus),
+            }
+        )
+        saving = config_usd_hour(config) - config_usd_hour(desired)
+        customer = snapshot.customer_by_id[deployment.customer_id]
+        if saving * settings.hours_per_month < customer.min_monthly_savings_usd:
+            return Skip(
+                deployment_id=deployment.id,
+                reason=f"{gpus} GPUs of shared {target} save ${saving * settings.hours_per_month:,.0f}/month, "
+                "under the customer's minimum",
+            )
+        members = sorted({d for si in mine for d in si.replicas})
+        partners = [d for d in members if d != deployment.id]
+        deployments = {d.id: d for d in snapshot.deployments}
+        together = sum(config_usd_hour(deployments[d].config) for d in members if d in deployments)
+        hosts = [si for si in optimum.shared_instances if set(si.replicas) & set(members)]
+        shared_saving = together - sum(si.price_usd_hour for si in hosts)
+        stat = snapshot.baseline(deployment.id, "requests_per_s")
+        peak = stat.p95 if stat else deployment.base_requests_per_s
+        fit = replica_fit(deployment.model, new_type.gpu.name, peak, customer.slo_p95_latency_ms)
+        evidence = ConsolidationEvidence(
+            deployment_id=deployment.id,
+            from_instance_type=deployment.instance_type,
+            to_instance_type=target,
+            replicas=config.replicas,
+            fleet_cost_usd_hour=result.current_cost_usd_hour,
+            optimum_cost_usd_hour=optimum.cost_usd_hour,
+            greedy_cost_usd_hour=greedy.cost_usd_hour,
+            fleet_saving_usd_hour=round(result.saving_usd_hour, 4),
+            greedy_saving_usd_hour=round(result.greedy_saving_usd_hour, 4),
+            solver_status=optimum.status,
+            solve_s=optimum.solve_s,
+            deployment_saving_usd_hour=round(saving, 4),
+            fit=fit.reason,
+            gpus_per_replica=gpus,
+            shared_with=partners,
+            shared_instances=len(hosts),
+            shared_saving_usd_hour=round(shared_saving, 4),
+            reasons=[
+                f"fleet optimum ${optimum.cost_usd_hour:.2f}/h ({optimum.status}) vs greedy first-fit "
+                f"${greedy.cost_usd_hour:.2f}/h vs today ${result.current_cost_usd_hour:.2f}/h",
+                f"{deployment.id}: {config.replicas} x {deployment.instance_type} -> {config.replicas} slices of "
+                f"{gpus} GPUs of shared {target} ({fit.reason})",
+                f"shared with {', '.join(partners) or 'no other deployment'} on {len(hosts)} x {target}: "
+                f"${shared_saving:.2f}/h together, which needs every one of them to move",
+            ],
+        )
+        monthly = saving * settings.hours_per_month
+        return Proposal(
+            kind=KIND,
+            customer_id=deployment.customer_id,
+            deployment_id=deployment.id,
+            current=config,
+            desired=desired,
+            evidence=evidence,
+            estimate=Estimate(monthly_savings_usd=round(monthly, 2)),
+            risk_score=0.3,
+            summary=(
+                f"Consolidate {deployment.id}: {config.replicas} x {deployment.instance_type} -> {gpus} GPUs each "
+                f"of shared {target} (with {', '.join(partners) or 'no one'}), saving ${monthly:,.0f}/month "
+                f"(fleet optimum {optimum.status})"
             ),
         )
