@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
+from optiinfra_assets.agents.application.llm_judge import JudgeSummary, RequestJudging
 from optiinfra_assets.ingest import IngestReport, ingest
 from optiinfra_assets.metrics import Domain
 from optiinfra_assets.request_samples import ingest_requests
@@ -59,6 +60,7 @@ class CollectionReport:
     windows: list[Window] = field(default_factory=list)
     reports: dict[Domain, list[IngestReport]] = field(default_factory=dict)
     statuses: list[str] = field(default_factory=list)
+    judged: JudgeSummary | None = None  # the LLM judge's sample of the stored requests, when configured
 
     def total(self, domain: Domain, attr: str) -> int:
         return sum(getattr(r, attr) for r in self.reports.get(domain, []))
@@ -80,9 +82,11 @@ def collect_metrics(
     backfill_days: int,
     backfill_step_s: int,
     log: Callable[[str], None] = lambda _: None,
+    judging: RequestJudging | None = None,
 ) -> CollectionReport:
     """Fetch every planned window from the source, ingest it, and advance the watermark after each
-    window (so an interrupted backfill resumes where it stopped)."""
+    window (so an interrupted backfill resumes where it stopped). With ``judging``, the LLM judge then
+    judges its sample of the requests stored (after the windows: no store session waits on it)."""
     report = CollectionReport()
     collected_until = state.get_watermark(WATERMARK_KEY)
     if source_for_step(LIVE_STEP_S).replays_history:
@@ -112,13 +116,15 @@ def collect_metrics(
                 )
             if batch.requests is not None:
                 report.reports.setdefault(Domain.QUALITY, []).append(
-                    ingest_requests(store, batch.requests, known)
+                    ingest_requests(store, batch.requests, known, judging=judging)
                 )
         state.set_watermark(WATERMARK_KEY, window.end)
         if window.is_backfill:
             log(
                 f"backfill {n}/{len(windows)}: {window.start:%Y-%m-%d %H:%M} → {window.end:%Y-%m-%d %H:%M} UTC"
             )
+    if judging is not None:
+        report.judged = judging.run()
     return report
 
 

@@ -54,6 +54,20 @@ class DecisionSettings(BaseModel):
         0.05, gt=0, lt=1, description="A/B test between stages: false-alarm rate over all the stages' looks"
     )
     ab_min_samples: int = Field(30, ge=2, description="A/B test: samples each arm needs before it concludes")
+    ab_max_latency_increase_pct: float = Field(
+        20.0,
+        gt=0,
+        le=1000,
+        description="A/B test between stages: largest rise of the canary's p95 latency over the control's",
+    )
+    # Collections run every 30 s and each judge keeps its own minute: 10 a run stays within 30 calls a minute.
+    llm_judge_requests_per_run: int = Field(
+        10, ge=0, le=10_000, description="LLM judge: sampled requests judged per ingestion run (0: none)"
+    )
+    llm_judge_calls_per_minute: int = Field(30, ge=1, le=100_000, description="LLM judge: rate limit")
+    llm_judge_disagreement: float = Field(
+        0.3, gt=0, le=1, description="LLM judge: score difference from the offline scorer that disagrees"
+    )
     hallucination_drift_min_rise: float = Field(
         0.03, gt=0, le=1, description="quality drift: hourly mean hallucination rise that matters"
     )

@@ -45,6 +45,7 @@ restrict_new_files()  # state files this process creates are owner-only (0600 / 
 STATE_STORE = from_env(StateStoreResource)
 METRIC_STORE = from_env(MetricStoreResource)
 FLEET = from_env(FleetResource)
+LLM = from_env(LlmResource)
 
 
 def resources() -> dict[str, dg.ConfigurableResource]:
@@ -53,13 +54,14 @@ def resources() -> dict[str, dg.ConfigurableResource]:
         "state_store": STATE_STORE,
         "metric_store": METRIC_STORE,
         "fleet": FLEET,
+        "llm": LLM,  # the raw metrics' LLM judge of sampled requests
         # The workflow's assets take one resource holding the engines above plus memory and the LLM.
         "workflow": from_env(
             WorkflowResource,
             state_store=STATE_STORE,
             metric_store=METRIC_STORE,
             memory_store=from_env(MemoryStoreResource),
-            llm=from_env(LlmResource),
+            llm=LLM,
             fleet=FLEET,
         ),
     }

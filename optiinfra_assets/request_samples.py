@@ -18,6 +18,7 @@ from functools import lru_cache
 
 import polars as pl
 
+from optiinfra_assets.agents.application.llm_judge import RequestJudging
 from optiinfra_assets.agents.quality_scoring import QualityScore, score_response
 from optiinfra_assets.ingest import QUARANTINE_SCHEMA, IngestReport, ingest
 from optiinfra_assets.metrics import KEY_COLUMNS, TS, Domain
@@ -94,10 +95,11 @@ def ingest_requests(
     known_instances: Mapping[str, tuple[str, str]],
     *,
     now: datetime | None = None,
+    judging: RequestJudging | None = None,
 ) -> IngestReport:
     """Score ``frame``'s requests where needed, ingest the scores as quality rows and store the text of
-    the accepted ones. ValueError when the frame has no ``response`` column (a programming error: every
-    request source produces one)."""
+    the accepted ones (offered to ``judging``, the LLM judge's sample of the run, when given). ValueError
+    when the frame has no ``response`` column (a programming error: every request source produces one)."""
     if "response" not in frame.columns:
         raise ValueError(f"request frame: missing column 'response' (columns: {', '.join(frame.columns)})")
     unreadable = pl.DataFrame()
@@ -117,9 +119,22 @@ def ingest_requests(
         )
         if rows.height:
             store.insert_polars(REQUEST_SAMPLES_TABLE, rows.select(list(REQUEST_SCHEMA)))
+            if judging is not None:
+                judging.offer(_judge_candidates(rows, judging.limit).to_dicts(), rows.height)
 
     report = ingest(store, Domain.QUALITY, scored, known_instances, now=now, on_accepted=store_text)
     return _with_unreadable(store, report, unreadable)
+
+
+def _judge_candidates(rows: pl.DataFrame, per_deployment: int) -> pl.DataFrame:
+    """Each deployment's ``per_deployment`` newest requests with text: what the LLM judge may look at."""
+    return (
+        rows.filter(pl.col("response").str.len_chars() > 0)
+        .sort("ts", descending=True)
+        .group_by("deployment_id", maintain_order=True)
+        .head(per_deployment)
+        .select("request_id", "deployment_id", "ts", *TEXT_COLUMNS, *SCORE_COLUMNS)
+    )
 
 
 def _with_unreadable(store: MetricStore, report: IngestReport, unreadable: pl.DataFrame) -> IngestReport:

@@ -4,12 +4,14 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from optiinfra_assets.agents.application.llm_judge import JudgeSummary, RequestJudging, judge_of
 from optiinfra_assets.collection import collect_metrics
+from optiinfra_assets.config import Settings
 from optiinfra_assets.ingest import DEFAULT_MAX_CLOCK_SKEW
 from optiinfra_assets.metrics import SCHEMAS, Domain
 from optiinfra_assets.reporting import table
 from optiinfra_assets.workflow import ensure_sandbox_fleet, fleet_summary
-from resources.dagster_resources import FleetResource, MetricStoreResource, StateStoreResource
+from resources.dagster_resources import FleetResource, LlmResource, MetricStoreResource, StateStoreResource
 
 GROUP = "metrics"
 # How stale the newest row of a domain may be before its freshness check fails (the refresh sensor
@@ -71,11 +73,17 @@ def raw_metrics(
     state_store: StateStoreResource,
     metric_store: MetricStoreResource,
     fleet: FleetResource,
+    llm: LlmResource,
 ):
     """Collects from the configured source since the last watermark (a week of backfill at first
-    start), validates every row and ingests it. One materialization per domain."""
+    start), validates every row and ingests it. One materialization per domain. With an LLM configured,
+    a bounded sample of the stored requests is judged by it too, and its disagreement with the offline
+    scorer is on the quality materialization."""
     state, store = state_store.get(), metric_store.get()
     now = datetime.now(UTC).replace(microsecond=0)
+    decisions = Settings.from_env().decisions
+    judge = judge_of(llm.get(), decisions, state)
+    judging = None if judge is None else RequestJudging(judge, decisions.llm_judge_requests_per_run)
     report = collect_metrics(
         state,
         store,
@@ -84,6 +92,7 @@ def raw_metrics(
         backfill_days=fleet.backfill_days,
         backfill_step_s=fleet.backfill_step_s,
         log=context.log.info,
+        judging=judging,
     )
     since = report.windows[0].start if report.windows else now
     for domain, spec in RAW_METRIC_SPECS.items():
@@ -105,8 +114,27 @@ def raw_metrics(
                 "per_customer": summary,
                 "window_start": since.isoformat(),
                 "window_end": now.isoformat(),
+                **(_judge_metadata(report.judged) if domain == Domain.QUALITY else {}),
             },
         )
+
+
+def _judge_metadata(summary: JudgeSummary | None) -> dict[str, object]:
+    """The LLM judge's sample on the quality materialization: how many judged, how many disagree with the
+    offline scorer and by how much on average, and the requests furthest apart."""
+    if summary is None:
+        return {"llm_judge": "off: no LLM model configured (OPTIINFRA_LLM_MODEL)"}
+    return {
+        "llm_judge": summary.model,
+        "llm_judge_judged": summary.judged,
+        "llm_judge_cached": summary.cached,
+        "llm_judge_disagreeing": summary.disagreeing,
+        **{f"llm_judge_mean_abs_diff_{name}": v for name, v in summary.mean_abs_difference.items()},
+        "llm_judge_unjudged": table(
+            [{"reason": r, "requests": n} for r, n in sorted(summary.unjudged.items())]
+        ),
+        "llm_judge_most_disagreeing": table(summary.most_disagreeing),
+    }
 
 
 def _freshness_check(domain: Domain) -> dg.AssetChecksDefinition:

@@ -8,6 +8,12 @@ toxic / best quality), the checks (``refusal``, ``truncated``, ``repetitive``, `
 and ``unsupported`` (a few response terms the context lacks). A bad line (not JSON, not an object, a
 missing or mistyped field) is reported on stderr with its line number and field, and the command exits 2
 without output, unless ``--skip-bad`` leaves such lines out (still listed on stderr).
+
+With an LLM model configured (``OPTIINFRA_LLM_MODEL``) and no ``--no-judge``, each object also carries
+``judge``: the LLM judge's three scores, ``reason``, ``model``, ``cached``, ``disagrees`` and ``difference``
+(judge minus offline), or ``unjudged`` with why (rate limit, provider failure). The three scores of the
+output contract stay the offline scorer's. Verdicts are cached by content hash in the state store, so a
+second run over the same text costs no call.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ from typing import IO, Any
 
 from pydantic import ConfigDict, StrictInt, StrictStr, ValidationError
 
+from optiinfra_assets.agents.application.llm_judge import LlmJudge, configured_judge, verdict_json
 from optiinfra_assets.agents.quality_scoring import QualityScore, ScoringInput, score_response
-from optiinfra_assets.config import Settings
+from optiinfra_assets.config import Settings, SettingsError
+from resources.errors import StoreUnavailableError
 
 
 class ResponseLine(ScoringInput):
@@ -47,6 +55,11 @@ def add_parser(subparsers: Any) -> None:
     score.add_argument("--json", action="store_true", help="print a JSON array (default: a table)")
     score.add_argument(
         "--skip-bad", action="store_true", help="leave bad lines out (listed on stderr) instead of failing"
+    )
+    score.add_argument(
+        "--no-judge",
+        action="store_true",
+        help="do not ask the LLM judge (OPTIINFRA_LLM_MODEL) for a second opinion: offline scores only",
     )
     score.set_defaults(func=cmd_quality_score)
 
@@ -93,7 +106,9 @@ def result_json(line_id: str | int, score: QualityScore) -> dict[str, Any]:
     }
 
 
-def _score_stream(stream: IO[bytes], skip_bad: bool) -> tuple[list[dict[str, Any]], list[str]]:
+def _score_stream(
+    stream: IO[bytes], skip_bad: bool, judge: LlmJudge | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
     for number, parsed in read_lines(stream):
@@ -101,18 +116,46 @@ def _score_stream(stream: IO[bytes], skip_bad: bool) -> tuple[list[dict[str, Any
             errors.append(f"line {number}: {parsed}")
         elif skip_bad or not errors:  # once a line is bad and fatal, scoring the rest is wasted work
             score = score_response(parsed.response, parsed.context, parsed.question)
-            rows.append(result_json(parsed.id, score))
+            row = result_json(parsed.id, score)
+            if judge is not None:
+                outcome = judge.judge(parsed.response, parsed.context, parsed.question, score)
+                row["judge"] = verdict_json(outcome, judge.client.model)
+            rows.append(row)
     return rows, errors
+
+
+def _judge(settings: Settings) -> LlmJudge | None:
+    """The configured LLM judge, its cache in the state store; without a usable store the cache lives only
+    as long as the command (said on stderr): the offline scores never depend on the judge."""
+    if not settings.llm_model.strip():
+        return None
+    from optiinfra_assets.cli import _state  # cli imports this module
+
+    try:
+        state = _state(settings)
+    except (SettingsError, StoreUnavailableError) as exc:
+        print(f"optiinfra: judge verdicts not cached across runs: {exc}", file=sys.stderr)
+        state = None
+    return configured_judge(settings, state)
+
+
+def _judge_cell(judge: dict[str, Any] | None) -> str:
+    if judge is None:
+        return ""
+    if "unjudged" in judge:
+        return f"unjudged: {judge['unjudged']}"
+    return f"q={judge['quality_score']:.2f}{' DISAGREES' if judge['disagrees'] else ''}"
 
 
 def cmd_quality_score(args: argparse.Namespace, settings: Settings) -> int:
     """Score every line of ``--input``; exit 2 on a bad line unless ``--skip-bad``."""
+    judge = None if args.no_judge else _judge(settings)
     try:
         if args.input == "-":
-            rows, errors = _score_stream(sys.stdin.buffer, args.skip_bad)
+            rows, errors = _score_stream(sys.stdin.buffer, args.skip_bad, judge)
         else:
             with Path(args.input).open("rb") as stream:
-                rows, errors = _score_stream(stream, args.skip_bad)
+                rows, errors = _score_stream(stream, args.skip_bad, judge)
     except OSError as exc:
         print(f"optiinfra: error: --input {args.input}: {exc.strerror or exc}", file=sys.stderr)
         return 2
@@ -128,5 +171,8 @@ def cmd_quality_score(args: argparse.Namespace, settings: Settings) -> int:
         from optiinfra_assets.cli import _print_table  # the one table printer; cli imports this module
 
         columns = ["id", "hallucination_score", "toxicity_score", "quality_score", "refusal", "truncated"]
+        if judge is not None:
+            rows = [{**row, "judge": _judge_cell(row.get("judge"))} for row in rows]
+            columns.append("judge")
         _print_table(rows, [*columns, "method"])
     return 0

@@ -24,12 +24,13 @@ import hashlib
 import json
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
 from optiinfra_assets.agents.quality_scoring import QualityScore
+from optiinfra_assets.config import DecisionSettings
 from resources.llm import LlmClient, LlmError, configured_llm
 
 PROMPT_VERSION = "judge:v1"
@@ -137,8 +138,14 @@ class LlmJudge:
         return True
 
     def judge(
-        self, response: str, context: str | None, question: str | None, offline: QualityScore
+        self,
+        response: str,
+        context: str | None,
+        question: str | None,
+        offline: QualityScore | Mapping[str, float],
     ) -> Judged | Unjudged:
+        """The judge's verdict beside ``offline`` (the offline scorer's verdict, or the three scores of
+        record of a stored request, which may include more than the text: the sandbox's engine factor)."""
         key = content_key(self.client.model, question, context, response)
         cached = key in self.cache
         if cached:
@@ -160,7 +167,10 @@ class LlmJudge:
             except LlmError as exc:
                 return Unjudged(key=key, reason=str(exc))
             self.cache[key] = verdict.model_dump()
-        offline_scores = {name: float(getattr(offline, name)) for name in SCORES}
+        offline_scores = {
+            name: float(offline[name] if isinstance(offline, Mapping) else getattr(offline, name))
+            for name in SCORES
+        }
         difference = {name: round(getattr(verdict, name) - offline_scores[name], 4) for name in SCORES}
         return Judged(
             key=key,
@@ -175,8 +185,145 @@ class LlmJudge:
 
 def configured_judge(settings: Any, state: Any | None = None, **options: Any) -> LlmJudge | None:
     """The judge of OPTIINFRA_LLM_MODEL (None when no model is set), its cache in ``state`` when given."""
-    client = configured_llm(settings.llm_model, settings.llm_timeout_s)
+    return judge_of(
+        configured_llm(settings.llm_model, settings.llm_timeout_s), settings.decisions, state, **options
+    )
+
+
+def judge_of(
+    client: LlmClient | None, decisions: DecisionSettings, state: Any | None = None, **options: Any
+) -> LlmJudge | None:
+    """A judge asking ``client`` (None: no judge), rate-limited and thresholded by ``decisions`` unless
+    ``options`` say otherwise, its cache in ``state``'s source state when given."""
     if client is None:
         return None
+    options = {
+        "max_calls_per_minute": decisions.llm_judge_calls_per_minute,
+        "disagreement_threshold": decisions.llm_judge_disagreement,
+        **options,
+    }
     cache = SourceStateCache(state) if state is not None else None
     return LlmJudge(client, cache=cache, **options)
+
+
+def verdict_json(outcome: Judged | Unjudged, model: str) -> dict[str, Any]:
+    """What a person reads of one request's judgement: the judge's scores, whether it came from the cache,
+    whether and by how much it disagrees with the offline scorer; or why the request was not judged."""
+    if isinstance(outcome, Unjudged):
+        return {"model": model, "unjudged": outcome.reason}
+    return {
+        **outcome.verdict.model_dump(),
+        "model": model,
+        "cached": outcome.cached,
+        "disagrees": outcome.disagrees,
+        "difference": outcome.difference,  # judge minus offline, per score
+    }
+
+
+# ---- a bounded sample of ingested requests ---------------------------------------------------------
+
+
+class JudgedRequest(BaseModel):
+    request_id: str
+    deployment_id: str
+    outcome: Judged | Unjudged
+
+
+class JudgeSummary(BaseModel):
+    """One ingestion's judging: what an operator reads on the quality asset's materialization."""
+
+    model: str
+    offered: int  # requests ingested with text that could have been judged
+    judged: int  # with a verdict (fresh or from the cache)
+    cached: int
+    disagreeing: int
+    unjudged: dict[str, int]  # reason -> requests (rate limit, provider failure, a bad answer)
+    mean_abs_difference: dict[str, float]  # per score, over the judged requests
+    most_disagreeing: list[dict[str, Any]]  # the requests furthest apart, worst first
+
+
+class RequestJudging:
+    """Judges at most ``limit`` of the requests one ingestion run stores, after the run has stored them.
+
+    Rows are offered as they are accepted (each window of a collection); the ones judged are each
+    deployment's newest first, taken in turn across deployments, so a run's budget covers the fleet rather
+    than the first deployment's backlog. Judging waits for :meth:`run`: a slow provider never holds the
+    metric store's session open.
+    """
+
+    def __init__(self, judge: LlmJudge, limit: int, *, shown: int = 5) -> None:
+        if limit < 0:
+            raise ValueError(f"limit: expected at least 0, got {limit}")
+        self.judge = judge
+        self.limit = limit
+        self.shown = shown
+        self.offered = 0
+        self._newest: dict[str, list[dict[str, Any]]] = {}  # deployment -> its newest rows, newest first
+
+    def offer(self, rows: Iterable[Mapping[str, Any]], offered: int) -> None:
+        """Candidates among ``offered`` accepted requests: at most ``limit`` per deployment are kept, each
+        with ``request_id``, ``deployment_id``, ``ts``, ``prompt``, ``context``, ``response`` and the
+        three scores of record."""
+        self.offered += offered
+        for row in rows:
+            kept = self._newest.setdefault(str(row["deployment_id"]), [])
+            kept.append(dict(row))
+            kept.sort(key=lambda r: r["ts"], reverse=True)
+            del kept[self.limit :]
+
+    def chosen(self) -> list[dict[str, Any]]:
+        """The rows to judge: each deployment's newest, in turn, up to ``limit``."""
+        queues = [self._newest[d] for d in sorted(self._newest)]
+        picked: list[dict[str, Any]] = []
+        for rank in range(self.limit):
+            for queue in queues:
+                if rank < len(queue) and len(picked) < self.limit:
+                    picked.append(queue[rank])
+        return picked
+
+    def run(self) -> JudgeSummary:
+        results = [
+            JudgedRequest(
+                request_id=str(row["request_id"]),
+                deployment_id=str(row["deployment_id"]),
+                outcome=self.judge.judge(
+                    row["response"], row.get("context") or None, row.get("prompt") or None, row
+                ),
+            )
+            for row in self.chosen()
+        ]
+        return summarize(results, self.judge.client.model, self.offered, self.shown)
+
+
+def summarize(results: list[JudgedRequest], model: str, offered: int, shown: int = 5) -> JudgeSummary:
+    judged = [(r, r.outcome) for r in results if isinstance(r.outcome, Judged)]
+    unjudged: dict[str, int] = {}
+    for r in results:
+        if isinstance(r.outcome, Unjudged):
+            unjudged[r.outcome.reason] = unjudged.get(r.outcome.reason, 0) + 1
+    mean_abs = {
+        name: round(sum(abs(j.difference[name]) for _, j in judged) / len(judged), 4) if judged else 0.0
+        for name in SCORES
+    }
+    furthest = sorted(judged, key=lambda rj: max(abs(d) for d in rj[1].difference.values()), reverse=True)
+    most = [
+        {
+            "request_id": r.request_id,
+            "deployment_id": r.deployment_id,
+            **{f"{name}_offline": j.offline[name] for name in SCORES},
+            **{f"{name}_judge": getattr(j.verdict, name) for name in SCORES},
+            "disagrees": j.disagrees,
+            "reason": j.verdict.reason,
+        }
+        for r, j in furthest[:shown]
+    ]
+    return JudgeSummary(
+        model=model,
+        offered=offered,
+        judged=len(judged),
+        cached=sum(j.cached for _, j in judged),
+        disagreeing=sum(j.disagrees for _, j in judged),
+        unjudged=unjudged,
+        mean_abs_difference=mean_abs,
+        most_disagreeing=most,
+    )

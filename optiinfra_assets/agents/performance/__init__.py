@@ -9,9 +9,10 @@ from functools import cache
 
 from pydantic import BaseModel
 
+from optiinfra_assets.agents.application.ab_test import Verdict, compare_latency
 from optiinfra_assets.agents.baselines import is_anomalous
 from optiinfra_assets.agents.capability import CheckResult, Proposal, StageContext, ValidationRequest
-from optiinfra_assets.catalog import instance_type, model
+from optiinfra_assets.catalog import instance_type, model, replica_type
 from optiinfra_assets.config import DecisionSettings
 from optiinfra_assets.models import Deployment, DeploymentConfig, EngineConfig, Estimate, Evidence, Validation
 from optiinfra_assets.serving import (
@@ -73,17 +74,27 @@ class ConfigForecast:
 
 @cache
 def _replica_capacity(
-    model_name: str, instance_type_name: str, engine: EngineConfig, workload: Workload
+    model_name: str,
+    instance_type_name: str,
+    engine: EngineConfig,
+    workload: Workload,
+    gpus_per_replica: int | None = None,
 ) -> tuple[str | None, ServingCapacity | None, float]:
-    """(why it cannot run, one replica's capacity, quality factor) of an engine on an instance type: pure in
-    its arguments and independent of the replica count, so computed once per process for each."""
-    config = DeploymentConfig(instance_type=instance_type_name, on_demand_replicas=1, engine=engine)
+    """(why it cannot run, one replica's capacity, quality factor) of an engine on an instance type (or a
+    slice of ``gpus_per_replica`` of its GPUs): pure in its arguments and independent of the replica count,
+    so computed once per process for each."""
+    config = DeploymentConfig(
+        instance_type=instance_type_name,
+        on_demand_replicas=1,
+        engine=engine,
+        gpus_per_replica=gpus_per_replica,
+    )
     try:
         validate_config(model_name, config)
     except ConfigError as exc:
         return str(exc), None, 1.0
     spec = model(model_name)
-    cap = serving_capacity(spec, instance_type(instance_type_name), engine, workload)
+    cap = serving_capacity(spec, replica_type(config), engine, workload)
     if not cap.fits:
         return cap.reason, None, 1.0
     return None, cap, quality_factor(spec, engine)
@@ -96,10 +107,12 @@ def forecast_config(
 
     A config vLLM could not run (serving.validate_config: TP not dividing the heads, a format the GPU lacks,
     memory) comes back with ``fits`` False and the error naming the field: never a number for it."""
-    problem, cap, quality = _replica_capacity(model_name, config.instance_type, config.engine, workload)
+    problem, cap, quality = _replica_capacity(
+        model_name, config.instance_type, config.engine, workload, config.gpus_per_replica
+    )
     if cap is None:
         return ConfigForecast(fits=False, reason=problem or "does not fit")
-    itype = instance_type(config.instance_type)
+    itype = replica_type(config)
     per_replica = requests_per_s / config.replicas
     point = load_point(cap, itype, per_replica)
     return ConfigForecast(
@@ -182,7 +195,7 @@ def validate(request: ValidationRequest) -> Validation:
     proposed, slo = request.proposed, request.customer.slo_p95_latency_ms
     peak = request.peak_requests_per_s()
     figures = {"slo_p95_ms": slo, "replicas": float(proposed.replicas), "peak_requests_per_s": peak}
-    itype = instance_type(proposed.instance_type)
+    itype = replica_type(proposed)
     cap = serving_capacity(model(request.deployment.model), itype, proposed.engine)
     if not cap.fits:
         detail = f"{request.deployment.model} does not fit {itype.name} as proposed: {cap.reason}"
@@ -236,8 +249,8 @@ def latency_regression(
     )
 
 
-def latency_slo(ctx: StageContext) -> CheckResult:
-    """Stage check: p95 within the SLO and not anomalously above its baseline."""
+def _slo_and_baseline(ctx: StageContext) -> CheckResult:
+    """The stage's p95 within the SLO and not anomalously above its baseline (no A/B test)."""
     p95, slo = ctx.observation["latency_p95_ms"], ctx.slo_p95_latency_ms
     baseline = ctx.baselines.get("latency_p95_ms")
     if baseline is not None and baseline.n > 0:
@@ -257,22 +270,68 @@ def latency_slo(ctx: StageContext) -> CheckResult:
     )
 
 
+def _with_ab_test(ctx: StageContext, result: CheckResult) -> CheckResult:
+    """``result`` with the canary's latency against the control's by the A/B test (ab_test.compare_latency:
+    a bootstrap interval of the p95 ratio, one look per stage with O'Brien–Fleming alpha spending, a minimum
+    sample size) where the stage has both arms' latency samples: a clear rise over
+    ``ab_max_latency_increase_pct`` fails the check even within the SLO, and the test, verdict, interval and
+    sample counts go on the record. Without both arms (or with too few samples) ``result`` is unchanged but
+    for the reason in its detail."""
+    canary, control = ctx.samples.get("latency_canary", ()), ctx.samples.get("latency_control", ())
+    if not (len(canary) and len(control)):
+        return result
+    allowed = ctx.settings.ab_max_latency_increase_pct
+    ab = compare_latency(
+        canary,
+        control,
+        max_increase_pct=allowed,
+        alpha=ctx.settings.ab_alpha,
+        look=ctx.look,
+        looks=ctx.looks,
+        min_samples=ctx.settings.ab_min_samples,
+    )
+    if ab.verdict == Verdict.INSUFFICIENT_SAMPLES:
+        return result.model_copy(update={"detail": f"{result.detail} (no A/B test: {ab.detail})"})
+    update: dict[str, object] = {
+        "detail": f"{result.detail}; A/B {ab.verdict.value}: {ab.detail}",
+        "test": ab.test,
+        "verdict": ab.verdict.value,
+        "interval": ab.interval,
+        "samples": {"canary": ab.n_canary, "control": ab.n_control},
+    }
+    if ab.verdict == Verdict.DEGRADED:
+        # The A/B test decides: its figures are the ones that failed (as the quality gate records them).
+        update |= {"passed": False, "value": ab.canary, "baseline": ab.control, "threshold": allowed}
+    return result.model_copy(update=update)
+
+
+def latency_slo(ctx: StageContext) -> CheckResult:
+    """Stage check: p95 within the SLO and not anomalously above its baseline, and, where the stage has
+    canary and control latency samples, the canary's p95 not clearly above the control's (A/B test)."""
+    return _with_ab_test(ctx, _slo_and_baseline(ctx))
+
+
 def latency_slo_or_recovering(ctx: StageContext) -> CheckResult:
     """Stage check of a change meant to cut latency: latency_slo, except that a deployment that already broke
-    its SLO (its baseline p95 is over it) passes while the stage's p95 stays under that high-water mark: a
-    canary on part of the replicas cannot bring the whole deployment within the SLO at once."""
-    result = latency_slo(ctx)
+    its SLO (its baseline p95 is over it) passes the SLO part while the stage's p95 stays under that
+    high-water mark: a canary on part of the replicas cannot bring the whole deployment within the SLO at
+    once. The A/B test of canary against control applies either way."""
+    result = _slo_and_baseline(ctx)
     baseline = ctx.baselines.get("latency_p95_ms")
     p95 = ctx.observation["latency_p95_ms"]
-    if result.passed or baseline is None or baseline.n == 0 or baseline.p95 <= ctx.slo_p95_latency_ms:
-        return result
-    if p95 > baseline.p95:
-        return result
-    detail = (
-        f"{result.detail}, which it already broke before the change (baseline p95 up to {baseline.p95:.0f} ms); "
-        "this stage stays under that"
-    )
-    return result.model_copy(update={"passed": True, "detail": detail})
+    if (
+        not result.passed
+        and baseline is not None
+        and baseline.n > 0
+        and baseline.p95 > ctx.slo_p95_latency_ms
+        and p95 <= baseline.p95
+    ):
+        detail = (
+            f"{result.detail}, which it already broke before the change (baseline p95 up to "
+            f"{baseline.p95:.0f} ms); this stage stays under that"
+        )
+        result = result.model_copy(update={"passed": True, "detail": detail})
+    return _with_ab_test(ctx, result)
 
 
 def latency_within_slo(ctx: StageContext) -> CheckResult:
