@@ -12,6 +12,9 @@ PORT ?= 3000
 # The customer portal (portal/): its own port; like the Dagster UI it binds this machine only by default.
 PORTAL_HOST ?= 127.0.0.1
 PORTAL_PORT ?= 3001
+# Test workers (pytest-xdist): one per core, at most 4 (each holds its own Dagster, chdb and Qdrant);
+# `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= auto
 
 .PHONY: run test lint format bench venv dagster-home clean chromium
 
@@ -44,7 +47,7 @@ test: venv chromium
 	@set -o pipefail; \
 	url=$$(scripts/ensure-postgres.sh) || { [ -z "$${CI:-}" ] || exit 1; url=""; \
 	  echo "make test: no PostgreSQL; its tests will be skipped (see README)"; }; \
-	OPTIINFRA_TEST_DATABASE_URL="$$url" OPTIINFRA_REQUIRE_POSTGRES=$${CI:+1} $(BIN)/pytest -q
+	OPTIINFRA_TEST_DATABASE_URL="$$url" OPTIINFRA_REQUIRE_POSTGRES=$${CI:+1} $(BIN)/pytest -q -n $(TEST_WORKERS) --maxprocesses 4
 
 # The portal's browser tests drive Debian's chromium (browsers cannot be downloaded): install it when
 # missing and we are root with apt-get; otherwise those tests skip, saying why.
