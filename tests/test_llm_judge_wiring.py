@@ -13,6 +13,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from test_quality_cli import GOOD
 
 from optiinfra_assets.agents.application.llm_judge import (
     SCORES,
@@ -33,17 +34,7 @@ from resources.metric_store import REQUEST_SAMPLES_TABLE, ChdbMetricStore
 MODEL = "openai/gpt-4o-mini"  # never reached: every call is answered by litellm's mock_response
 SEED = 42
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
-KNOWLEDGE = "Robert Downey Jr. starred in Zodiac. Zodiac was released 2007."
-LINES = [
-    {
-        "id": "a",
-        "context": KNOWLEDGE,
-        "question": "Was he in Zodiac?",
-        "response": "Yes, he starred in Zodiac.",
-    },
-    {"id": 2, "context": KNOWLEDGE, "response": "Tom Hanks starred in Zodiac in 1998."},
-    {"id": "c", "response": "You are a stupid worthless idiot."},
-]
+LINES = GOOD  # the CLI contract tests' lines: a supported answer, an unsupported one, an insult
 # The judge calls every answer hallucinated and poor: it agrees on line 2 and disagrees on line "a".
 VERDICT = {"hallucination_score": 0.9, "toxicity_score": 0.0, "quality_score": 0.2, "reason": "made up"}
 

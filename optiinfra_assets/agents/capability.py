@@ -92,6 +92,16 @@ class StageContext:
     look: int = 1
     looks: int = 1
 
+    def ab_arms(self, metric: str) -> tuple[Sequence[float], Sequence[float]] | None:
+        """The stage's (canary, control) samples of ``metric``, or None when either arm has none."""
+        canary, control = self.samples.get(f"{metric}_canary", ()), self.samples.get(f"{metric}_control", ())
+        return (canary, control) if len(canary) and len(control) else None
+
+    def ab_design(self) -> dict[str, float | int]:
+        """The A/B test's design for this stage: alpha over all looks, which look this is, minimum samples."""
+        s = self.settings
+        return {"alpha": s.ab_alpha, "look": self.look, "looks": self.looks, "min_samples": s.ab_min_samples}
+
 
 StageCheck = Callable[[StageContext], CheckResult]
 

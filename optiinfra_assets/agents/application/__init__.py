@@ -89,18 +89,10 @@ def quality_gate(ctx: StageContext) -> CheckResult:
     no new pool has no canary, or an arm has too few samples), the observed mean quality is held within
     the gate of the deployment's baseline instead (no baseline: cannot be judged)."""
     gate = ctx.settings.max_quality_drop_pct
-    canary, control = ctx.samples.get("quality_canary", ()), ctx.samples.get("quality_control", ())
+    arms = ctx.ab_arms("quality")
     why_not = "no canary and control arms to compare"
-    if len(canary) and len(control):
-        ab = compare_quality(
-            canary,
-            control,
-            max_drop_pct=gate,
-            alpha=ctx.settings.ab_alpha,
-            look=ctx.look,
-            looks=ctx.looks,
-            min_samples=ctx.settings.ab_min_samples,
-        )
+    if arms is not None:
+        ab = compare_quality(*arms, max_drop_pct=gate, **ctx.ab_design())
         if ab.verdict != Verdict.INSUFFICIENT_SAMPLES:
             return CheckResult(
                 name="quality",

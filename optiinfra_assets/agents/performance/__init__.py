@@ -277,19 +277,11 @@ def _with_ab_test(ctx: StageContext, result: CheckResult) -> CheckResult:
     ``ab_max_latency_increase_pct`` fails the check even within the SLO, and the test, verdict, interval and
     sample counts go on the record. Without both arms (or with too few samples) ``result`` is unchanged but
     for the reason in its detail."""
-    canary, control = ctx.samples.get("latency_canary", ()), ctx.samples.get("latency_control", ())
-    if not (len(canary) and len(control)):
+    arms = ctx.ab_arms("latency")
+    if arms is None:
         return result
     allowed = ctx.settings.ab_max_latency_increase_pct
-    ab = compare_latency(
-        canary,
-        control,
-        max_increase_pct=allowed,
-        alpha=ctx.settings.ab_alpha,
-        look=ctx.look,
-        looks=ctx.looks,
-        min_samples=ctx.settings.ab_min_samples,
-    )
+    ab = compare_latency(*arms, max_increase_pct=allowed, **ctx.ab_design())
     if ab.verdict == Verdict.INSUFFICIENT_SAMPLES:
         return result.model_copy(update={"detail": f"{result.detail} (no A/B test: {ab.detail})"})
     update: dict[str, object] = {

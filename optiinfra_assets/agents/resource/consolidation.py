@@ -57,7 +57,7 @@ from optiinfra_assets.catalog import (
     slice_type,
 )
 from optiinfra_assets.config import DecisionSettings
-from optiinfra_assets.models import Customer, Deployment, Lifecycle
+from optiinfra_assets.models import Customer, Deployment, DeploymentConfig, Lifecycle
 from optiinfra_assets.serving import load_point, serving_capacity
 from optiinfra_assets.snapshot import FleetSnapshot
 
@@ -644,53 +644,14 @@ class Consolidation(Capability):
         desired = config.model_copy(
             update={"instance_type": target, "engine": engine, "gpus_per_replica": None}
         )
-        saving = config_usd_hour(config) - config_usd_hour(desired)
-        customer = snapshot.customer_by_id[deployment.customer_id]
-        if saving * settings.hours_per_month < customer.min_monthly_savings_usd:
-            return Skip(
-                deployment_id=deployment.id,
-                reason=f"moving to {target} saves ${saving * settings.hours_per_month:,.0f}/month, under the "
-                f"customer's minimum",
-            )
-        stat = snapshot.baseline(deployment.id, "requests_per_s")
-        peak = stat.p95 if stat else deployment.base_requests_per_s
-        fit = replica_fit(deployment.model, new_type.gpu.name, peak, customer.slo_p95_latency_ms)
-        optimum, greedy = result.optimum, result.greedy
-        assert optimum is not None and greedy is not None
-        evidence = ConsolidationEvidence(
-            deployment_id=deployment.id,
-            from_instance_type=deployment.instance_type,
-            to_instance_type=target,
-            replicas=config.replicas,
-            fleet_cost_usd_hour=result.current_cost_usd_hour,
-            optimum_cost_usd_hour=optimum.cost_usd_hour,
-            greedy_cost_usd_hour=greedy.cost_usd_hour,
-            fleet_saving_usd_hour=round(result.saving_usd_hour, 4),
-            greedy_saving_usd_hour=round(result.greedy_saving_usd_hour, 4),
-            solver_status=optimum.status,
-            solve_s=optimum.solve_s,
-            deployment_saving_usd_hour=round(saving, 4),
-            fit=fit.reason,
-            reasons=[
-                f"fleet optimum ${optimum.cost_usd_hour:.2f}/h ({optimum.status}) vs greedy first-fit "
-                f"${greedy.cost_usd_hour:.2f}/h vs today ${result.current_cost_usd_hour:.2f}/h",
-                f"{deployment.id}: {config.replicas} x {deployment.instance_type} -> {target} ({fit.reason})",
-            ],
-        )
-        monthly = saving * settings.hours_per_month
-        return Proposal(
-            kind=KIND,
-            customer_id=deployment.customer_id,
-            deployment_id=deployment.id,
-            current=config,
-            desired=desired,
-            evidence=evidence,
-            estimate=Estimate(monthly_savings_usd=round(monthly, 2)),
-            risk_score=0.3,
-            summary=(
-                f"Consolidate {deployment.id}: {config.replicas} x {deployment.instance_type} -> {target}, saving "
-                f"${monthly:,.0f}/month (fleet optimum {optimum.status})"
-            ),
+        return self._propose(
+            snapshot,
+            deployment,
+            desired,
+            result,
+            settings,
+            move=f"{config.replicas} x {deployment.instance_type} -> {target}",
+            to=target,
         )
 
     def _shared(
@@ -731,27 +692,70 @@ class Consolidation(Capability):
                 "engine": default_engine(new_type.gpu, gpus),
             }
         )
-        saving = config_usd_hour(config) - config_usd_hour(desired)
-        customer = snapshot.customer_by_id[deployment.customer_id]
-        if saving * settings.hours_per_month < customer.min_monthly_savings_usd:
-            return Skip(
-                deployment_id=deployment.id,
-                reason=f"{gpus} GPUs of shared {target} save ${saving * settings.hours_per_month:,.0f}/month, "
-                "under the customer's minimum",
-            )
         members = sorted({d for si in mine for d in si.replicas})
         partners = [d for d in members if d != deployment.id]
         deployments = {d.id: d for d in snapshot.deployments}
         together = sum(config_usd_hour(deployments[d].config) for d in members if d in deployments)
         hosts = [si for si in optimum.shared_instances if set(si.replicas) & set(members)]
         shared_saving = together - sum(si.price_usd_hour for si in hosts)
+        return self._propose(
+            snapshot,
+            deployment,
+            desired,
+            result,
+            settings,
+            move=f"{config.replicas} x {deployment.instance_type} -> {gpus} GPUs each of shared {target} "
+            f"(with {', '.join(partners) or 'no one'})",
+            to=f"{gpus} GPUs of shared {target}",
+            shared={
+                "gpus_per_replica": gpus,
+                "shared_with": partners,
+                "shared_instances": len(hosts),
+                "shared_saving_usd_hour": round(shared_saving, 4),
+            },
+            shared_reason=f"shared with {', '.join(partners) or 'no other deployment'} on {len(hosts)} x "
+            f"{target}: ${shared_saving:.2f}/h together, which needs every one of them to move",
+        )
+
+    def _propose(
+        self,
+        snapshot: FleetSnapshot,
+        deployment: Deployment,
+        desired: DeploymentConfig,
+        result: ConsolidationResult,
+        settings: DecisionSettings,
+        *,
+        move: str,
+        to: str,
+        shared: dict[str, object] | None = None,
+        shared_reason: str | None = None,
+    ) -> Proposal | Skip:
+        """The change from the deployment's config to ``desired`` (solo or shared), if it saves the customer's
+        minimum: the fleet optimum beside greedy as evidence, the replica's fit at its peak."""
+        optimum, greedy = result.optimum, result.greedy
+        assert optimum is not None and greedy is not None
+        config = deployment.config
+        saving = config_usd_hour(config) - config_usd_hour(desired)
+        customer = snapshot.customer_by_id[deployment.customer_id]
+        if saving * settings.hours_per_month < customer.min_monthly_savings_usd:
+            return Skip(
+                deployment_id=deployment.id,
+                reason=f"moving to {to} saves ${saving * settings.hours_per_month:,.0f}/month, under the "
+                "customer's minimum",
+            )
         stat = snapshot.baseline(deployment.id, "requests_per_s")
         peak = stat.p95 if stat else deployment.base_requests_per_s
+        new_type = INSTANCE_TYPES[desired.instance_type]
         fit = replica_fit(deployment.model, new_type.gpu.name, peak, customer.slo_p95_latency_ms)
+        reasons = [
+            f"fleet optimum ${optimum.cost_usd_hour:.2f}/h ({optimum.status}) vs greedy first-fit "
+            f"${greedy.cost_usd_hour:.2f}/h vs today ${result.current_cost_usd_hour:.2f}/h",
+            f"{deployment.id}: {move} ({fit.reason})",
+        ]
         evidence = ConsolidationEvidence(
             deployment_id=deployment.id,
             from_instance_type=deployment.instance_type,
-            to_instance_type=target,
+            to_instance_type=desired.instance_type,
             replicas=config.replicas,
             fleet_cost_usd_hour=result.current_cost_usd_hour,
             optimum_cost_usd_hour=optimum.cost_usd_hour,
@@ -762,18 +766,8 @@ class Consolidation(Capability):
             solve_s=optimum.solve_s,
             deployment_saving_usd_hour=round(saving, 4),
             fit=fit.reason,
-            gpus_per_replica=gpus,
-            shared_with=partners,
-            shared_instances=len(hosts),
-            shared_saving_usd_hour=round(shared_saving, 4),
-            reasons=[
-                f"fleet optimum ${optimum.cost_usd_hour:.2f}/h ({optimum.status}) vs greedy first-fit "
-                f"${greedy.cost_usd_hour:.2f}/h vs today ${result.current_cost_usd_hour:.2f}/h",
-                f"{deployment.id}: {config.replicas} x {deployment.instance_type} -> {config.replicas} slices of "
-                f"{gpus} GPUs of shared {target} ({fit.reason})",
-                f"shared with {', '.join(partners) or 'no other deployment'} on {len(hosts)} x {target}: "
-                f"${shared_saving:.2f}/h together, which needs every one of them to move",
-            ],
+            reasons=[*reasons, shared_reason] if shared_reason else reasons,
+            **(shared or {}),
         )
         monthly = saving * settings.hours_per_month
         return Proposal(
@@ -785,9 +779,6 @@ class Consolidation(Capability):
             evidence=evidence,
             estimate=Estimate(monthly_savings_usd=round(monthly, 2)),
             risk_score=0.3,
-            summary=(
-                f"Consolidate {deployment.id}: {config.replicas} x {deployment.instance_type} -> {gpus} GPUs each "
-                f"of shared {target} (with {', '.join(partners) or 'no one'}), saving ${monthly:,.0f}/month "
-                f"(fleet optimum {optimum.status})"
-            ),
+            summary=f"Consolidate {deployment.id}: {move}, saving ${monthly:,.0f}/month (fleet optimum "
+            f"{optimum.status})",
         )
