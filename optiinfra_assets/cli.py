@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from optiinfra_assets import commands
+from optiinfra_assets.commands.fleet import HOST_COLUMNS, as_text, host_rows
 from optiinfra_assets.config import (
     ENV_VARS,
     TARGET_MODULES,
@@ -108,9 +109,16 @@ def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
     now = datetime.now(UTC)
     if args.action == "status":
         rows = fleet_summary(state)
+        hosts = host_rows(state.list_hosts(), state.list_instances())
+        if args.json:
+            print(json.dumps({"deployments": rows, "hosts": hosts}, indent=2))
+            return 0
         _print_table(
             rows, ["deployment", "customer", "model", "instance_type", "on_demand", "spot", "faults"]
         )
+        if hosts:  # shared hosts and the slices of each deployment on them
+            print(f"\nshared hosts ({len(hosts)})")
+            _print_table(as_text(hosts), HOST_COLUMNS)
         return 0
     state.get_deployment(args.deployment)  # KeyError naming it if unknown
     if args.action == "degrade-quality":
@@ -127,11 +135,12 @@ def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
         )
     elif args.action == "lose-spot":
         lost = interrupt_spot_instance(state, args.deployment, now)
-        print(
-            f"spot instance {lost} of {args.deployment} interrupted"
-            if lost
-            else "no running spot instance to lose"
-        )
+        if lost is None:
+            print("no running spot instance to lose")
+        else:
+            gone = {i.id: i for i in state.list_instances(args.deployment, include_ended=True)}[lost]
+            host = f", with its host {gone.host_id} and every slice on it" if gone.host_id else ""
+            print(f"spot instance {lost} of {args.deployment} interrupted{host}")
     elif args.action == "clear":
         print(f"cleared {state.clear_faults(args.deployment)} fault(s) on {args.deployment}")
     return 0
@@ -233,7 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sandbox = sub.add_parser("sandbox", help="inspect the sandbox fleet or inject a fault")
     actions = sandbox.add_subparsers(dest="action", required=True)
-    actions.add_parser("status", help="deployments and their on-demand/spot replicas")
+    status = actions.add_parser(
+        "status", help="deployments and their on-demand/spot replicas; shared hosts and their slices"
+    )
+    status.add_argument("--json", action="store_true")
     degrade = actions.add_parser("degrade-quality", help="lower output quality of a deployment")
     degrade.add_argument("deployment")
     degrade.add_argument("--drop-pct", type=commands.bounded_float(0, 100, lo_open=True), default=12.0)

@@ -678,6 +678,13 @@ class StateStore:
         with self._begin() as conn:
             return {iid: (cid, did) for iid, cid, did in conn.execute(query)}
 
+    def slice_gpus(self) -> dict[str, int]:
+        """instance_id -> the GPUs it holds of its shared host, for every slice ever launched (ended ones
+        included: a slice's GPUs never change over its life, so its past cost rows are counted exactly)."""
+        query = sa.select(instances.c.id, instances.c.gpus).where(instances.c.gpus.is_not(None))
+        with self._begin() as conn:
+            return {iid: int(gpus) for iid, gpus in conn.execute(query)}
+
     def add_fault(self, fault: Fault) -> int:
         values = fault.model_dump(exclude={"id"})
         with self._begin() as conn:

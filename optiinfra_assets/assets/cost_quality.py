@@ -62,5 +62,6 @@ def cost_per_quality(
     store = metric_store.get()
     with store.session():
         inputs = read_inputs(store, start, end, decisions.good_response_min_quality)
-    per_deployment = compute(inputs, state_store.get().list_deployments())
+    state = state_store.get()
+    per_deployment = compute(inputs, state.list_deployments(), state.slice_gpus())
     return dg.MaterializeResult(metadata=cost_quality_metadata(per_deployment, (start, end)))

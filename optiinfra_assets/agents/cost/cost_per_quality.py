@@ -6,12 +6,16 @@ hours. Quality is scored on a sample of requests, so the good responses of an ho
 of that hour's scored samples whose quality reaches ``DecisionSettings.good_response_min_quality``; an
 hour with no scored sample takes the deployment's share over the window.
 
+GPU-hours are the instance-hours of each instance times the GPUs it holds: a whole instance its type's GPUs,
+a slice of a shared host (``Instance.gpus``) its own GPUs only, not its host's.
+
 :func:`read_inputs` reads the three per deployment-hour frames with set-based queries (one per domain, the
 whole fleet at once); :func:`cost_per_quality` and :func:`per_model` are pure.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -45,7 +49,7 @@ COLUMNS = (
 class CostQualityInputs:
     """Per deployment-hour frames of a window (see read_inputs for their columns)."""
 
-    cost: pl.DataFrame  # deployment_id, hour, instance_type, instance_hours, cost_usd
+    cost: pl.DataFrame  # deployment_id, hour, instance_id, instance_type, instance_hours, cost_usd
     load: pl.DataFrame  # deployment_id, hour, requests_per_s_avg
     quality: pl.DataFrame  # deployment_id, hour, scored, good
 
@@ -57,12 +61,13 @@ def read_inputs(
     db = metrics.database
     window = {"since": since, "until": until}
     in_window = "ts >= {since:DateTime64(3, 'UTC')} AND ts < {until:DateTime64(3, 'UTC')}"
-    # A cost row's cost over its price is the time it covers: no assumption on the sample step.
+    # A cost row's cost over its price is the time it covers: no assumption on the sample step. Per instance,
+    # since a slice of a shared host holds fewer GPUs than its type has.
     cost = metrics.query_polars(
-        "SELECT deployment_id, toDateTime64(toStartOfHour(ts), 3, 'UTC') AS hour, instance_type, "
+        "SELECT deployment_id, toDateTime64(toStartOfHour(ts), 3, 'UTC') AS hour, instance_id, instance_type, "
         "sumIf(cost_usd / price_usd_per_hour, price_usd_per_hour > 0) AS instance_hours, "
         f"sum(cost_usd) AS usd FROM {db}.{SCHEMAS[Domain.COST].table} WHERE {in_window} "
-        "GROUP BY deployment_id, hour, instance_type",
+        "GROUP BY deployment_id, hour, instance_id, instance_type",
         window,
     ).rename({"usd": "cost_usd"})
     load = metrics.hourly(Domain.PERFORMANCE, since=since)
@@ -82,22 +87,32 @@ def _hour_key(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(pl.col("hour").dt.replace_time_zone(None).dt.cast_time_unit("ms"))
 
 
-def cost_per_quality(inputs: CostQualityInputs, deployments: list[Deployment]) -> pl.DataFrame:
+def cost_per_quality(
+    inputs: CostQualityInputs, deployments: list[Deployment], slice_gpus: Mapping[str, int] | None = None
+) -> pl.DataFrame:
     """One row per deployment with cost in the window (COLUMNS); ``usd_per_1k_good`` is null where no good
-    response was served. Deployments unknown to the fleet are left out (they cannot be named by model)."""
+    response was served. Deployments unknown to the fleet are left out (they cannot be named by model).
+
+    ``slice_gpus``: instance id -> the GPUs a slice of a shared host holds (StateStore.slice_gpus, ended
+    slices included); an instance not in it is a whole instance and counts its type's GPUs."""
     known = {d.id: d for d in deployments}
     if inputs.cost.is_empty():
         return pl.DataFrame(schema={c: pl.Float64 for c in COLUMNS} | _keys_schema())
-    gpus = {t: float(instance_type(t).gpu_count) for t in inputs.cost["instance_type"].unique().to_list()}
+    type_gpus = {
+        t: float(instance_type(t).gpu_count) for t in inputs.cost["instance_type"].unique().to_list()
+    }
+    held = pl.DataFrame(
+        {"instance_id": list(slice_gpus or {}), "held_gpus": [float(g) for g in (slice_gpus or {}).values()]},
+        schema={"instance_id": pl.String, "held_gpus": pl.Float64},
+    )
+    gpus = pl.coalesce(
+        pl.col("held_gpus"), pl.col("instance_type").replace_strict(type_gpus, return_dtype=pl.Float64)
+    )
     cost = (
         _hour_key(inputs.cost)
         .filter(pl.col("deployment_id").is_in(list(known)))
-        .with_columns(
-            (
-                pl.col("instance_hours")
-                * pl.col("instance_type").replace_strict(gpus, return_dtype=pl.Float64)
-            ).alias("gpu_hours")
-        )
+        .join(held, on="instance_id", how="left")
+        .with_columns((pl.col("instance_hours") * gpus).alias("gpu_hours"))
         .group_by("deployment_id", "hour")
         .agg(pl.col("instance_hours").sum(), pl.col("gpu_hours").sum(), pl.col("cost_usd").sum())
     )
