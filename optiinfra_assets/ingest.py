@@ -243,7 +243,11 @@ def _measure_checks(measure: Measure, unreported_ok: bool) -> list[_Check]:
 
 def _order_checks(domain: Domain) -> list[_Check]:
     """Evaluated after the row checks, on rows that passed them (``_PREV`` only counts those)."""
-    ts, inst, prev = pl.col("ts"), pl.col("instance_id"), pl.col(_PREV)
+    ts, prev = pl.col("ts"), pl.col(_PREV)
+    # A series is an instance, or one of its GPUs (DomainSchema.series): named as "i-abc gpu_index=3".
+    inst = pl.concat_str(
+        [pl.col("instance_id"), *(pl.lit(f" {label}=") + pl.col(label) for label in SCHEMAS[domain].series)]
+    )
     ooo = _Check(
         "ts",
         "out of order",
@@ -319,7 +323,7 @@ def _with_prev_ts(work: pl.DataFrame, domain: Domain) -> pl.DataFrame:
     """``_PREV``: the latest ts of an earlier passing row of the same instance, or the store's watermark."""
     passing_ts = pl.when(pl.col(_CODE).is_null()).then(pl.col("ts"))
     # Only passing rows have a known instance, so grouping by the fleet index is grouping by instance.
-    prior = passing_ts.cum_max().forward_fill().shift(1).over(_FLEET_INDEX)
+    prior = passing_ts.cum_max().forward_fill().shift(1).over(_FLEET_INDEX, *SCHEMAS[domain].series)
     prev = pl.max_horizontal(prior, pl.col(_WATERMARK))
     if domain == Domain.QUALITY:
         # Many sampled requests share a ts; only the stored watermark rules out older ones.
@@ -515,7 +519,7 @@ def ingest(
 
 def _identity(domain: Domain) -> list[str]:
     """The columns that name one sample: a quality row is one sampled request."""
-    keys = ["instance_id", "ts"]
+    keys = ["instance_id", *SCHEMAS[domain].series, "ts"]
     return [*keys, "request_id"] if domain == Domain.QUALITY else keys
 
 

@@ -1,4 +1,4 @@
-"""The four raw metric domains: their columns, types and the limits a valid value obeys.
+"""The raw metric domains: their columns, types and the limits a valid value obeys.
 
 Every source (sandbox, Prometheus scraper, NVML) produces frames in these schemas; the ingestion path
 (optiinfra_assets.ingest) validates them against these limits and the metric store (resources.metric_store)
@@ -18,6 +18,7 @@ class Domain(StrEnum):
     PERFORMANCE = "performance"
     RESOURCE = "resource"
     QUALITY = "quality"
+    GPU = "gpu"  # per GPU (MIG device) of an instance, beside the per-instance RESOURCE rows
 
 
 TS = pl.Datetime("ms", "UTC")
@@ -51,6 +52,9 @@ MAX_TOKENS_PER_S = 100_000_000.0
 MAX_QUEUE_LENGTH = 10_000_000.0
 # No GPU's SM clock reaches 3.5 GHz (H100 SXM boosts to 1,980 MHz, L40S to 2,520 MHz).
 MAX_SM_CLOCK_MHZ = 5_000.0
+# Per GPU: the largest GPU holds 192 GiB (B200); the most a board draws is ~1,200 W.
+MAX_GPU_MEMORY_GIB = 256.0
+MAX_GPU_POWER_W = 2_000.0
 # NVML's clocks-event (throttle) reasons are a bitmask; every reason NVML defines fits in 16 bits.
 MAX_THROTTLE_REASONS = float(0xFFFF)
 
@@ -84,6 +88,11 @@ class DomainSchema:
     retention_days: int
     labels: dict[str, pl.DataType]  # string columns besides the keys
     measures: tuple[Measure, ...]
+    # Labels that split an instance's rows into several series (one per GPU): ts is unique and ordered per
+    # (instance, these labels), not per instance.
+    series: tuple[str, ...] = ()
+    # True: a source may have no such rows at all (Prometheus has no per-GPU figures); none is not stale.
+    optional: bool = False
 
     @property
     def polars_schema(self) -> dict[str, pl.DataType]:
@@ -156,5 +165,26 @@ SCHEMAS: dict[Domain, DomainSchema] = {
             Measure("hallucination_score", "0-1", 0.0, 1.0),
             Measure("toxicity_score", "0-1", 0.0, 1.0),
         ),
+    ),
+    # Issue 9: one row per GPU (a MIG device is its own row), so that one idle, throttled or failing GPU of
+    # a multi-GPU instance shows; every 10 s, which keeps the sandbox's volume under its per-instance rows.
+    Domain.GPU: DomainSchema(
+        Domain.GPU,
+        table="gpu_metrics",
+        resolution="10s",
+        retention_days=30,
+        # NVML's index of the physical GPU ("3"; a MIG device "3/1": GPU 3's MIG device 1) and its UUID
+        # (GPU-... or MIG-...), which survives a reboot that renumbers the GPUs.
+        labels={"gpu_index": pl.String(), "gpu_uuid": pl.String()},
+        measures=(
+            Measure("gpu_util_pct", "%", 0.0, 100.0),
+            Measure("gpu_mem_used_gib", "GiB", hi=MAX_GPU_MEMORY_GIB, at_most="gpu_mem_total_gib"),
+            Measure("gpu_mem_total_gib", "GiB", hi=MAX_GPU_MEMORY_GIB),
+            Measure("power_w", "W", hi=MAX_GPU_POWER_W),
+            Measure("sm_clock_mhz", "MHz", hi=MAX_SM_CLOCK_MHZ),
+            Measure("throttle_reasons", "bitmask", hi=MAX_THROTTLE_REASONS),  # this GPU's own bits
+        ),
+        series=("gpu_index",),
+        optional=True,
     ),
 }

@@ -590,13 +590,17 @@ POWER_CAP_SHARE = 0.97
 POWER_CAPPED_CLOCK_DROP = 0.15
 
 
+def _group_boost_mhz(fleet: _Fleet) -> np.ndarray:
+    return np.array(
+        [_BOOST_CLOCK_MHZ.get(itype.gpu.name, _DEFAULT_BOOST_CLOCK_MHZ) for _, itype, _ in fleet.groups]
+    )
+
+
 def _clocks(fleet: _Fleet, n_idx: np.ndarray, power_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """SM clock (MHz) and throttle reasons of each row from its power draw: full boost below the power
     cap, lower and flagged as power-capped at it. The sandbox has no temperature, so no thermal reason."""
     group_limit_w = np.array([itype.gpu_count * itype.gpu.tdp_w for _, itype, _ in fleet.groups])
-    group_boost = np.array(
-        [_BOOST_CLOCK_MHZ.get(itype.gpu.name, _DEFAULT_BOOST_CLOCK_MHZ) for _, itype, _ in fleet.groups]
-    )
+    group_boost = _group_boost_mhz(fleet)
     groups = fleet.group_idx[n_idx]
     share = power_w / group_limit_w[groups]
     capped = share >= POWER_CAP_SHARE
@@ -626,7 +630,55 @@ def _per_second(fleet: _Fleet, ts_s: np.ndarray) -> dict[Domain, pl.DataFrame]:
     out["gpu_mem_total_gib"] = mem_total[fleet.group_idx[n_idx]]
     perf = _frame(Domain.PERFORMANCE, fleet, ts_rows, n_idx, {c: out[c] for c in perf_cols})
     res = _frame(Domain.RESOURCE, fleet, ts_rows, n_idx, {c: out[c] for c in res_cols})
-    return {Domain.PERFORMANCE: perf, Domain.RESOURCE: res}
+    gpu = _per_gpu(fleet, ts_rows, n_idx, out)
+    return {Domain.PERFORMANCE: perf, Domain.RESOURCE: res, Domain.GPU: gpu}
+
+
+GPU_STEP_S = 10  # per-GPU rows on the multiples of 10 s the per-instance grid has (SCHEMAS[Domain.GPU])
+
+
+def _gpu_counts(fleet: _Fleet, n: np.ndarray) -> np.ndarray:
+    """The GPUs of each instance ``n`` (of its slice, for a slice of a shared host)."""
+    return np.array([itype.gpu_count for _, itype, _ in fleet.groups], dtype=np.int64)[fleet.group_idx[n]]
+
+
+def throttled_gpu(fleet: _Fleet, n: np.ndarray) -> np.ndarray:
+    """Which GPU of each instance ``n`` a power cap holds back: one per instance, fixed by its noise key
+    (in a real tensor-parallel group the first GPU to reach its limit caps, and the others wait for it)."""
+    gpus = _gpu_counts(fleet, n)
+    return (fleet.noise_keys[n] % gpus.astype(np.uint64)).astype(np.int64)
+
+
+def _per_gpu(
+    fleet: _Fleet, ts_rows: np.ndarray, n_idx: np.ndarray, out: dict[str, np.ndarray]
+) -> pl.DataFrame:
+    """One row per GPU of each per-instance row on the GPU_STEP_S grid, from the instance's figures: the GPUs
+    of a tensor-parallel group equally loaded (utilization, memory and power split evenly), and a throttled
+    instance's throttling on ONE GPU (throttled_gpu) at the instance's clock, its siblings at full boost, so
+    that the instance's slowest clock and OR-ed reasons are what an NVML host would report."""
+    rows = np.flatnonzero(ts_rows % GPU_STEP_S == 0)
+    n = n_idx[rows]
+    gpus = _gpu_counts(fleet, n)
+    rep = np.repeat(rows, gpus)  # the per-instance row of each GPU row
+    starts = np.repeat(np.cumsum(gpus) - gpus, gpus)
+    index = np.arange(rep.size) - starts  # each GPU's index on its instance
+    n_rep = n_idx[rep]
+    held = index == np.repeat(throttled_gpu(fleet, n), gpus)
+    per = np.repeat(gpus, gpus).astype(np.float64)
+    boost = _group_boost_mhz(fleet)[fleet.group_idx[n_rep]] if rep.size else np.empty(0)
+    uuid_prefix = pl.Series([f"GPU-{i.id.removeprefix('i-')}-" for i in fleet.instances], dtype=pl.String)
+    label = pl.Series(index, dtype=pl.Int64).cast(pl.String)
+    values = {
+        "gpu_index": label,
+        "gpu_uuid": uuid_prefix.gather(pl.Series(n_rep, dtype=pl.UInt32)) + label,
+        "gpu_util_pct": out["gpu_util_pct"][rep],
+        "gpu_mem_used_gib": out["gpu_mem_used_gib"][rep] / per,
+        "gpu_mem_total_gib": out["gpu_mem_total_gib"][rep] / per,
+        "power_w": out["power_w"][rep] / per,
+        "sm_clock_mhz": np.where(held, out["sm_clock_mhz"][rep], boost),
+        "throttle_reasons": np.where(held, out["throttle_reasons"][rep], 0.0),
+    }
+    return _frame(Domain.GPU, fleet, ts_rows[rep], n_rep, values)
 
 
 def _cost(fleet: _Fleet, start: datetime, end: datetime) -> pl.DataFrame:

@@ -148,6 +148,7 @@ def load_snapshot(state: StateStore, metrics: MetricStore, now: datetime) -> Fle
         baselines = load_overall_baselines(metrics)
         hourly = {str(d): metrics.hourly(d, since=now - LOOKBACK) for d in HOURLY_DOMAINS}
         hourly[str(Domain.COST)] = metrics.hourly_cost(since=now - COST_LOOKBACK)
+        hourly[str(Domain.GPU)] = metrics.hourly_gpus(since=now - LOOKBACK)  # per GPU and hour
         hourly[USAGE] = metrics.hourly_usage(since=now - USAGE_LOOKBACK)
         worst_requests = load_worst(metrics, since=now - timedelta(hours=1))
     return FleetSnapshot(

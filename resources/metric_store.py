@@ -317,9 +317,49 @@ def _preemptions_and_p99(db: str) -> list[str]:
     ]
 
 
+GPU_HOURLY_TABLE = "gpu_hourly"
+# The per-GPU hourly rollup keeps averages only (no quantile states: they cost more per inserted row than
+# the row's validation, see HOURLY_QUANTILE_MEASURES), and the throttle shares as the resource rollup does.
+GPU_HOURLY_MEASURES: tuple[str, ...] = (
+    "gpu_util_pct",
+    "gpu_mem_used_gib",
+    "power_w",
+    "sm_clock_mhz",
+    *(f"throttle_{group}" for group in ThrottleReason.GROUPS),
+)
+_GPU_HOURLY_KEY = "customer_id, deployment_id, instance_id, gpu_index, hour"
+
+
+def _gpu_rows(db: str) -> list[str]:
+    """v8: the per-GPU rows (issue 9) and their hourly rollup per GPU: mean utilization, memory, power and
+    SM clock, and the share of samples throttled per reason group. Each statement can run again."""
+    src = SCHEMAS[Domain.GPU].table
+    states = [
+        f"avgStateIf({HOURLY_DERIVED[m][0]}, isFinite({HOURLY_DERIVED[m][1]})) AS {m}_avg"
+        if m in HOURLY_DERIVED
+        else f"avgStateIf({m}, isFinite({m})) AS {m}_avg"
+        for m in GPU_HOURLY_MEASURES
+    ]
+    state_cols = ", ".join(f"{m}_avg AggregateFunction(avg, Float64)" for m in GPU_HOURLY_MEASURES)
+    return [
+        _domain_table_ddl(db, SCHEMAS[Domain.GPU]),
+        f"CREATE TABLE IF NOT EXISTS {db}.{GPU_HOURLY_TABLE} (\n"
+        "  customer_id LowCardinality(String), deployment_id LowCardinality(String),\n"
+        "  instance_id LowCardinality(String), gpu_index LowCardinality(String),\n"
+        "  hour DateTime('UTC'), samples SimpleAggregateFunction(sum, UInt64),\n"
+        f"  {state_cols}\n"
+        ")\nENGINE = AggregatingMergeTree\nPARTITION BY toYYYYMM(hour)\n"
+        f"ORDER BY ({_GPU_HOURLY_KEY})",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{GPU_HOURLY_TABLE}_mv TO {db}.{GPU_HOURLY_TABLE} AS\n"
+        "SELECT customer_id, deployment_id, instance_id, gpu_index, toStartOfHour(ts) AS hour,\n"
+        f"  count() AS samples, {', '.join(states)}\n"
+        f"FROM {db}.{src} GROUP BY {_GPU_HOURLY_KEY}",
+    ]
+
+
 def migrations(db: str) -> list[tuple[int, list[str]]]:
     """Versioned DDL, oldest first. Append a new version; never edit an applied one."""
-    v1 = [_domain_table_ddl(db, s) for s in SCHEMAS.values()]
+    v1 = [_domain_table_ddl(db, s) for d, s in SCHEMAS.items() if d != Domain.GPU]  # GPU: v8
     v1 += [
         _quarantine_ddl(db),
         _v1_baselines_ddl(db),
@@ -334,6 +374,7 @@ def migrations(db: str) -> list[tuple[int, list[str]]]:
         (4, [_request_samples_ddl(db)]),
         (5, _gpu_clocks_and_throttling(db)),
         (7, _preemptions_and_p99(db)),
+        (8, _gpu_rows(db)),
     ]
 
 
@@ -549,6 +590,19 @@ class MetricStore(ABC):
 
     def hourly_quality(self, deployment_id: str | None = None, since: datetime | None = None) -> pl.DataFrame:
         return self.hourly(Domain.QUALITY, deployment_id, since)
+
+    def hourly_gpus(self, since: datetime | None = None) -> pl.DataFrame:
+        """Per GPU and hour (customer, deployment, instance, gpu_index, hour): samples and ``<m>_avg`` of
+        GPU_HOURLY_MEASURES; empty where no source reports per-GPU rows."""
+        where, params = _filters(None, since)
+        merged = ", ".join(f"avgMerge({m}_avg) AS {m}_avg" for m in GPU_HOURLY_MEASURES)
+        return self.query_polars(
+            "SELECT customer_id, deployment_id, instance_id, gpu_index, "
+            f"toDateTime64(hour, 3, 'UTC') AS hour_start, sum(samples) AS samples, {merged} "
+            f"FROM {self.database}.{GPU_HOURLY_TABLE} {where} GROUP BY {_GPU_HOURLY_KEY} "
+            "ORDER BY deployment_id, instance_id, gpu_index, hour",
+            params,
+        ).rename({"hour_start": "hour"})
 
     def series(
         self,

@@ -510,6 +510,12 @@ class Gpu:
     index: int  # NVML index of the physical GPU (PCI order); a MIG device's is its parent's
     uuid: str  # GPU-... or MIG-...
     gpu_uuid: str  # the physical GPU's UUID (its own, for a whole GPU)
+    mig_slot: int | None = None  # a MIG device's slot on its GPU; None for a whole GPU
+
+    @property
+    def label(self) -> str:
+        """The gpu_index of its per-GPU rows: "3", or "3/1" for MIG device 1 of GPU 3."""
+        return str(self.index) if self.mig_slot is None else f"{self.index}/{self.mig_slot}"
 
 
 @dataclass(frozen=True)
@@ -591,6 +597,9 @@ def _fields(pynvml: Any) -> dict[str, Callable[[Any], float]]:
     }
 
 
+_MEASURES = tuple(m.name for m in SCHEMAS[Domain.RESOURCE].measures)  # what _fields reads, per GPU
+
+
 def _combine(measure: str, values: list[float | None]) -> float | None:
     """One instance's measure over its GPUs: utilization averaged, amounts (memory, power) summed, the SM
     clock the slowest GPU's (it holds back a tensor-parallel step), throttle reasons OR-ed."""
@@ -606,7 +615,8 @@ def _combine(measure: str, values: list[float | None]) -> float | None:
 
 
 class NvmlSource:
-    """This machine's NVIDIA GPUs through NVML, one resource row per fleet instance they belong to.
+    """This machine's NVIDIA GPUs through NVML: one resource row per fleet instance they belong to, and one
+    gpu row per GPU (a MIG device its own) with that GPU's own figures.
 
     Each measure of each GPU is read on its own, so that one a GPU does not support (power on many
     boards, utilization on MIG devices) is "not reported" for that GPU rather than the end of the read.
@@ -647,12 +657,13 @@ class NvmlSource:
         for slot in range(slots):
             try:
                 mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
-                devices.append(Gpu(mig, index, pynvml.nvmlDeviceGetUUID(mig), uuid))
+                devices.append(Gpu(mig, index, pynvml.nvmlDeviceGetUUID(mig), uuid, slot))
             except pynvml.NVMLError:  # NotFound: an empty slot
                 continue
         return devices
 
-    def _read(self, problems: list[str]) -> dict[str, Measures]:
+    def _read(self, problems: list[str]) -> dict[str, list[tuple[Gpu, Measures]]]:
+        """Each instance's GPUs with their own readings."""
         import pynvml  # nvidia-ml-py; imported here so that machines without it still load this module
 
         pynvml.nvmlInit()
@@ -661,19 +672,16 @@ class NvmlSource:
             if not gpus:
                 raise RuntimeError("no GPU found" + _cuda_visible_note())
             fields = _fields(pynvml)
-            per_instance: dict[str, list[Measures]] = defaultdict(list)
+            per_instance: dict[str, list[tuple[Gpu, Measures]]] = defaultdict(list)
             for gpu in gpus:
                 instance_id = self.instances.instance_of(gpu)
                 if instance_id is None:
                     problems.append(f"{gpu.uuid} (GPU {gpu.index}) maps to no OPTIINFRA_NVML_INSTANCE_ID")
                     continue
-                per_instance[instance_id].append(self._read_gpu(pynvml, gpu, fields, problems))
+                per_instance[instance_id].append((gpu, self._read_gpu(pynvml, gpu, fields, problems)))
         finally:
             pynvml.nvmlShutdown()
-        return {
-            instance_id: {m: _combine(m, [r[m] for r in reads]) for m in fields}
-            for instance_id, reads in per_instance.items()
-        }
+        return per_instance
 
     @staticmethod
     def _read_gpu(
@@ -696,11 +704,22 @@ class NvmlSource:
             return SourceBatch(empty_frames(), f"NVML unavailable: {exc or type(exc).__name__}")
         owners, at = fleet.owners(), time.time()
         rows = [
-            {**_row_keys(owners, instance_id, at), **measures}
-            for instance_id, measures in sorted(readings.items())
+            {
+                **_row_keys(owners, instance_id, at),
+                **{m: _combine(m, [r[m] for _, r in reads]) for m in _MEASURES},
+            }
+            for instance_id, reads in sorted(readings.items())
+        ]
+        # Beside each instance's row, one per GPU with its own figures (issue 9): the GPU that holds the
+        # others back, idles or fails shows by its index.
+        gpu_rows = [
+            {**_row_keys(owners, instance_id, at), "gpu_index": gpu.label, "gpu_uuid": gpu.uuid, **measures}
+            for instance_id, reads in sorted(readings.items())
+            for gpu, measures in reads
         ]
         frames = empty_frames()
         frames[Domain.RESOURCE] = _rows_frame(Domain.RESOURCE, rows)
+        frames[Domain.GPU] = _rows_frame(Domain.GPU, gpu_rows)
         return SourceBatch(frames, _status(problems))
 
 

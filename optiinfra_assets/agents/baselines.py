@@ -267,6 +267,8 @@ def compute_baselines(
 
     The returned rows (and what is stored) include the ALL_HOURS row of each deployment and metric.
     """
+    if domain not in BASELINE_METRICS:  # the per-GPU rows (Domain.GPU): the detectors read their rollup
+        return pl.DataFrame(schema=_empty_schema())
     now = now if now.tzinfo else now.replace(tzinfo=UTC)
     window = {"since": now - timedelta(days=lookback_days), "now": now}
     sql = _baseline_sql(store, domain)

@@ -3,12 +3,13 @@
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+import polars as pl
 
 from optiinfra_assets.agents.application.llm_judge import JudgeSummary, RequestJudging, judge_of
 from optiinfra_assets.collection import collect_metrics
 from optiinfra_assets.config import Settings
 from optiinfra_assets.ingest import DEFAULT_MAX_CLOCK_SKEW
-from optiinfra_assets.metrics import SCHEMAS, Domain
+from optiinfra_assets.metrics import SCHEMAS, Domain, ThrottleReason
 from optiinfra_assets.reporting import table
 from optiinfra_assets.workflow import ensure_sandbox_fleet, fleet_summary
 from resources.dagster_resources import FleetResource, LlmResource, MetricStoreResource, StateStoreResource
@@ -16,7 +17,10 @@ from resources.dagster_resources import FleetResource, LlmResource, MetricStoreR
 GROUP = "metrics"
 # How stale the newest row of a domain may be before its freshness check fails (the refresh sensor
 # runs every 30 s; cost rows land once a minute; quality is sampled).
-MAX_STALENESS = {Domain.COST: 5, Domain.PERFORMANCE: 3, Domain.RESOURCE: 3, Domain.QUALITY: 5}
+MAX_STALENESS = {Domain.COST: 5, Domain.PERFORMANCE: 3, Domain.RESOURCE: 3, Domain.QUALITY: 5, Domain.GPU: 3}
+# The per-GPU readings the gpu_metrics materialization shows: the most throttled, then the busiest GPUs.
+GPU_TABLE_ROWS = 10
+_THROTTLING_BITS = sum(bits for bits, _ in ThrottleReason.GROUPS.values())
 
 
 @dg.asset(group_name=GROUP, kinds={"sqlite"})
@@ -46,7 +50,8 @@ def _spec(domain: Domain) -> dg.AssetSpec:
         group_name=GROUP,
         deps=[fleet_inventory],
         kinds={"clickhouse"},
-        description=f"Raw {domain} metrics ({schema.resolution} per instance), validated; "
+        description=f"Raw {domain} metrics ({schema.resolution} per {'GPU' if schema.series else 'instance'}), "
+        "validated; "
         f"malformed rows go to metric_quarantine. Retention {schema.retention_days} days.",
     )
 
@@ -115,8 +120,44 @@ def raw_metrics(
                 "window_start": since.isoformat(),
                 "window_end": now.isoformat(),
                 **(_judge_metadata(report.judged) if domain == Domain.QUALITY else {}),
+                **(_gpu_metadata(store, since) if domain == Domain.GPU else {}),
             },
         )
+
+
+def _gpu_metadata(store, since: datetime) -> dict[str, object]:
+    """Counts the UI plots over materializations (GPUs reporting, throttled, under the idle line, their mean
+    utilization) and the latest reading of the most throttled and busiest GPUs of the window."""
+    table_name = f"{store.database}.{SCHEMAS[Domain.GPU].table}"
+    idle_line = Settings.from_env().decisions.idle_gpu_util_pct
+    with store.session():
+        latest = store.query_polars(
+            "SELECT customer_id, deployment_id, instance_id, gpu_index, max(ts) AS latest_ts, "
+            "argMax(gpu_util_pct, ts) AS util_pct, argMax(gpu_mem_used_gib, ts) AS mem_used_gib, "
+            "argMax(power_w, ts) AS power_w, argMax(sm_clock_mhz, ts) AS sm_clock_mhz, "
+            "argMax(throttle_reasons, ts) AS throttle_reasons "
+            f"FROM {table_name} WHERE ts >= {{since:DateTime64(3, 'UTC')}} "
+            "GROUP BY customer_id, deployment_id, instance_id, gpu_index",
+            {"since": since},
+        )
+    if latest.is_empty():
+        return {"gpus": 0, "gpus_throttled": 0, "gpus_idle": 0}
+    throttled = latest["throttle_reasons"].fill_nan(0.0).cast(pl.Int64).to_numpy() & _THROTTLING_BITS != 0
+    shown = (
+        latest.with_columns(
+            pl.Series("throttled", throttled), pl.col("latest_ts").dt.to_string("%Y-%m-%d %H:%M:%S")
+        )
+        .sort(["throttled", "util_pct"], descending=True, nulls_last=True)
+        .head(GPU_TABLE_ROWS)
+        .with_columns(pl.col(pl.Float64).round(1))
+    )
+    return {
+        "gpus": latest.height,
+        "gpus_throttled": int(throttled.sum()),
+        "gpus_idle": int((latest["util_pct"].fill_nan(None) < idle_line).sum()),
+        "mean_gpu_util_pct": round(float(latest["util_pct"].fill_nan(None).mean() or 0.0), 2),
+        "latest_per_gpu": table(shown.to_dicts()),
+    }
 
 
 def _judge_metadata(summary: JudgeSummary | None) -> dict[str, object]:
@@ -157,7 +198,8 @@ def _freshness_check(domain: Domain) -> dg.AssetChecksDefinition:
         age_min = (datetime.now(UTC) - newest["newest"][0]).total_seconds() / 60 if n else float("inf")
         limit = MAX_STALENESS[domain]
         return dg.AssetCheckResult(
-            passed=age_min <= limit,
+            # A domain no source may have (per-GPU rows from a Prometheus scrape) is not stale when empty.
+            passed=age_min <= limit or (n == 0 and schema.optional),
             metadata={
                 "newest_row_age_minutes": round(age_min, 2) if n else -1,
                 "limit_minutes": limit,

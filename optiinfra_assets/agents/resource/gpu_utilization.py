@@ -13,10 +13,18 @@ A deployment whose GPUs were throttled in at least ``gpu_throttle_share`` of the
 share), naming the reason and the SM clock it cost: a power cap means the GPUs run at their power limit
 (saturated: the serving model's throughput is an upper bound), thermal or hardware slowdown a cooling or
 board fault to look at on the host.
+
+Where a source reports per-GPU rows (``gpu`` domain: NVML, the sandbox; a Prometheus scrape has none) the
+detector also reads each GPU's hourly figures: a throttle finding names the GPU(s) throttled while their
+siblings on the same instance were not, and one GPU idle while its siblings work is a finding of its own
+(metric ``gpu_util_pct_per_gpu``). Without per-GPU rows it behaves as before.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import ClassVar
 
 import numpy as np
@@ -27,7 +35,7 @@ from optiinfra_assets.agents.findings import hourly_series
 from optiinfra_assets.agents.resource import AGENT
 from optiinfra_assets.catalog import instance_type
 from optiinfra_assets.config import DecisionSettings
-from optiinfra_assets.metrics import ThrottleReason
+from optiinfra_assets.metrics import Domain, ThrottleReason
 from optiinfra_assets.models import Deployment, Risk
 from optiinfra_assets.snapshot import FleetSnapshot
 
@@ -35,6 +43,61 @@ UTIL, UTIL_P95 = "gpu_util_pct_avg", "gpu_util_pct_p95"
 MEMORY, POWER = "gpu_mem_used_gib_avg", "power_w_avg"
 SM_CLOCK = "sm_clock_mhz_avg"
 NAME = "gpu_utilization"
+PER_GPU_IDLE = "gpu_util_pct_per_gpu"  # the metric of a finding on one GPU idle beside busy siblings
+
+
+@dataclass(frozen=True)
+class OddGpu:
+    """A GPU whose figure crossed a line while at least one sibling on its instance did not."""
+
+    instance_id: str
+    gpu_index: str
+    value: float  # its mean over the window
+    siblings: float  # the mean of its siblings that did not cross the line
+    n_siblings: int
+
+    def name(self) -> str:
+        return f"GPU {self.gpu_index} of {self.instance_id}"
+
+
+def odd_gpus(
+    gpu_rows: pl.DataFrame, column: str, hours: int, crossed: Callable[[float], bool], *, full: bool = False
+) -> list[OddGpu]:
+    """The GPUs (per-GPU hourly rows of one deployment) whose mean ``column`` over the last ``hours`` hours
+    ``crossed`` the line while a sibling's did not; ``full``: only GPUs with a row for each of those hours."""
+    if gpu_rows.is_empty() or column not in gpu_rows.columns:
+        return []
+    since = gpu_rows["hour"].max() - timedelta(hours=hours - 1)  # type: ignore[operator]
+    per_gpu = (
+        gpu_rows.filter(pl.col("hour") >= since)
+        .group_by("instance_id", "gpu_index")
+        .agg(pl.col(column).fill_nan(None).mean().alias("value"), pl.len().alias("hours"))
+        .filter(pl.col("value").is_not_null() & (pl.col("hours") >= (hours if full else 1)))
+        .sort("instance_id", "gpu_index")
+    )
+    out: list[OddGpu] = []
+    for (instance_id,), gpus in per_gpu.partition_by(
+        "instance_id", as_dict=True, maintain_order=True
+    ).items():
+        values = dict(zip(gpus["gpu_index"].to_list(), gpus["value"].to_list(), strict=True))
+        odd = {g: v for g, v in values.items() if crossed(v)}
+        calm = [v for g, v in values.items() if g not in odd]
+        if odd and calm:
+            out += [
+                OddGpu(str(instance_id), g, v, float(np.mean(calm)), len(values) - 1) for g, v in odd.items()
+            ]
+    return out
+
+
+def _named(odd: list[OddGpu], what: str) -> str:
+    """ "; only GPU 2 of i-abc (power cap 100%; its 3 siblings 0%)" for a finding's summary ("" for none)."""
+    if not odd:
+        return ""
+    return "; only " + ", ".join(
+        f"{g.name()} ({what} {g.value:.0%}; its {g.n_siblings} sibling{'s' if g.n_siblings != 1 else ''} "
+        f"{g.siblings:.0%})"
+        for g in odd
+    )
 
 
 def idle_window(util_avg: np.ndarray, util_p95: np.ndarray, line: float, hours: int) -> str | None:
@@ -65,7 +128,7 @@ def throttled_shares(rows: pl.DataFrame, hours: int) -> dict[str, float]:
 
 
 def _throttle_finding(
-    deployment: Deployment, rows: pl.DataFrame, settings: DecisionSettings
+    deployment: Deployment, rows: pl.DataFrame, settings: DecisionSettings, gpu_rows: pl.DataFrame
 ) -> Finding | None:
     hours = settings.gpu_throttle_window_hours
     shares = throttled_shares(rows, hours)
@@ -84,6 +147,8 @@ def _throttle_finding(
                 f"; SM clock {float(np.nanmean(recent)):.0f} MHz against {float(np.max(best)):.0f} MHz at "
                 "its best hour"
             )
+    line, label = settings.gpu_throttle_share, ThrottleReason.GROUPS[group][1]
+    gpus_note = _named(odd_gpus(gpu_rows, f"throttle_{group}_avg", hours, lambda v: v >= line), label)
     if group == "power":
         why = (
             "the GPUs run at their power limit: saturated, each replica serves no more than it does now; "
@@ -102,9 +167,45 @@ def _throttle_finding(
         since=str(rows["hour"][max(rows.height - hours, 0)]),
         summary=(
             f"GPUs of {deployment.id} throttled by {ThrottleReason.GROUPS[group][1]} in {share:.0%} of the "
-            f"last {hours} h{clock_note}"
+            f"last {hours} h{clock_note}{gpus_note}"
         ),
         explanation=f"throttle reasons: {named}; {why}",
+    )
+
+
+def _idle_gpu_finding(
+    deployment: Deployment, gpu_rows: pl.DataFrame, settings: DecisionSettings
+) -> Finding | None:
+    """GPUs under the idle line for the whole idle window while a sibling on their instance was above it: a
+    GPU the engine does not use (tensor parallelism over fewer GPUs than the instance has, a device hidden by
+    CUDA_VISIBLE_DEVICES) or one that dropped out. The instance-level mean hides it."""
+    line, hours = settings.idle_gpu_util_pct, settings.idle_gpu_min_hours
+    odd = odd_gpus(gpu_rows, "gpu_util_pct_avg", hours, lambda v: v < line, full=True)
+    if not odd:
+        return None
+    named = ", ".join(
+        f"{g.name()} at {g.value:.1f}% while its {g.n_siblings} sibling{'s' if g.n_siblings != 1 else ''} "
+        f"averaged {g.siblings:.1f}%"
+        for g in odd
+    )
+    since = gpu_rows["hour"].max() - timedelta(hours=hours - 1)  # type: ignore[operator]
+    return Finding(
+        detector=NAME,
+        customer_id=deployment.customer_id,
+        deployment_id=deployment.id,
+        severity=Risk.MEDIUM,
+        metric=PER_GPU_IDLE,
+        value=round(min(g.value for g in odd), 2),
+        expected=line,
+        since=str(since),
+        summary=f"{len(odd)} GPU{'s' if len(odd) != 1 else ''} of {deployment.id} idle for {hours} h beside busy "
+        f"siblings: {named}",
+        explanation=(
+            f"under the {line:.0f}% line on average while the same instance's other GPUs were not: a GPU the "
+            "engine does not use (tensor parallelism over fewer GPUs than the instance holds, a device hidden "
+            "by CUDA_VISIBLE_DEVICES) or one that dropped out; check nvidia-smi and the engine's "
+            "tensor_parallel_size"
+        ),
     )
 
 
@@ -120,9 +221,13 @@ class GpuUtilization(Detector):
         findings: list[Finding] = []
         line, hours = settings.idle_gpu_util_pct, settings.idle_gpu_min_hours
         for deployment, rows in hourly_series(snapshot, "resource"):
-            throttled = _throttle_finding(deployment, rows, settings)
+            gpu_rows = snapshot.hourly_of(str(Domain.GPU), deployment.id)
+            throttled = _throttle_finding(deployment, rows, settings, gpu_rows)
             if throttled is not None:
                 findings.append(throttled)
+            idle_gpus = _idle_gpu_finding(deployment, gpu_rows, settings)
+            if idle_gpus is not None:
+                findings.append(idle_gpus)
             if UTIL not in rows.columns:
                 continue
             util = rows[UTIL].fill_null(0.0).to_numpy().astype(np.float64)
