@@ -81,6 +81,7 @@ def performance_frame(rng: np.random.Generator, keys: dict[str, pl.Series]) -> p
         "tokens_per_s": rps * rng.uniform(150, 400, n),
         "queue_length": rng.poisson(2.0, n).astype(np.float64),
         "kv_cache_usage": rng.beta(5.0, 3.0, n),
+        "preemptions_per_s": rng.poisson(0.05, n).astype(np.float64),
     }
     return pl.DataFrame({**keys, **measures}).select(SCHEMAS[Domain.PERFORMANCE].columns)
 

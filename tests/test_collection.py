@@ -27,7 +27,8 @@ from resources.metric_store import ChdbMetricStore
 from resources.sources import NvmlSource, SandboxSource, open_metric_source
 from resources.state_store import StateStore, sqlite_url
 
-NOW = datetime.now(UTC).replace(second=30, microsecond=0)
+# Half a minute into the previous minute: always in the past (a collection never reads the future).
+NOW = (datetime.now(UTC) - timedelta(minutes=1)).replace(second=30, microsecond=0)
 
 
 def test_first_start_backfills_in_day_chunks() -> None:
