@@ -32,15 +32,7 @@ from optiinfra_assets.models import Fault, FaultKind, Recommendation, Recommenda
 from optiinfra_assets.request_text import DegradationMode
 from optiinfra_assets.workflow import decide, fleet_summary
 from resources.errors import StoreUnavailableError, mask_secrets
-from resources.state_store import RecommendationError, StateStore, state_store_url
-
-
-def _state(settings: Settings) -> StateStore:
-    if not settings.database_url:  # the embedded SQLite lives under home
-        prepare_home(settings)
-    store = StateStore(state_store_url(settings.database_url, settings.home))
-    store.migrate()
-    return store
+from resources.state_store import RecommendationError
 
 
 def recommendation_json(rec: Recommendation) -> dict[str, Any]:
@@ -85,7 +77,9 @@ def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None
 def cmd_recommendations(args: argparse.Namespace, settings: Settings) -> int:
     if args.status is not None:
         RecommendationStatus(args.status)  # a clear error for a bad value, before touching the store
-    recs = _state(settings).list_recommendations(status=args.status, kind=args.kind, limit=args.limit)
+    recs = commands.open_state(settings).list_recommendations(
+        status=args.status, kind=args.kind, limit=args.limit
+    )
     rows = [recommendation_json(r) for r in recs]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -96,7 +90,7 @@ def cmd_recommendations(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
-    approval = decide(_state(settings), args.id, args.decision, args.by, args.comment, via="cli")
+    approval = decide(commands.open_state(settings), args.id, args.decision, args.by, args.comment, via="cli")
     verb = "approved" if approval.decision.value == "approve" else "rejected"
     print(f"{approval.recommendation_id} {verb} by {approval.by} (approval #{approval.id})")
     return 0
@@ -105,7 +99,7 @@ def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
     from resources.targets import interrupt_spot_instance  # the sandbox only; keeps `optiinfra` start fast
 
-    state = _state(settings)
+    state = commands.open_state(settings)
     now = datetime.now(UTC)
     if args.action == "status":
         rows = fleet_summary(state)
@@ -177,7 +171,7 @@ def _budget(text: str) -> float | str:
 
 
 def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
-    state = _state(settings)
+    state = commands.open_state(settings)
     if args.action == "set":
         if args.auto_approve_max_risk is None and args.budget_usd is None:
             raise ValueError("policy set: give --auto-approve-max-risk, --budget-usd or both")

@@ -196,7 +196,10 @@ def test_ingestion_judging_within_the_rate_limit_and_after_a_failure(
     judging = RequestJudging(configured_judge(_settings(tmp_path, llm_judge_calls_per_minute=3), state), 8)
     ingest_requests(store, frame, known, judging=judging)
     summary = judging.run()
-    assert summary.judged == 3 and summary.unjudged == {"rate limit: 3 calls a minute spent": 5}
+    # Three calls, then the rate limit; a request whose text repeats one already judged is answered from
+    # the cache without a call (the sandbox's texts depend on the hour, so some hours have a repeat).
+    assert provider.calls == summary.judged - summary.cached == 3
+    assert summary.unjudged == {"rate limit: 3 calls a minute spent": 8 - summary.judged}
     provider.answer = "litellm.RateLimitError"  # litellm raises its real exception for this
     failing = RequestJudging(configured_judge(_settings(tmp_path), None), 4)
     failing.offer(judging.chosen()[3:7], 4)  # not judged before, so not cached

@@ -9,7 +9,8 @@ import math
 import unicodedata
 from collections.abc import Callable
 
-from resources.state_store import MAX_ACTOR_CHARS  # the actor columns' width, on both engines
+from optiinfra_assets.config import Settings, prepare_home
+from resources.state_store import MAX_ACTOR_CHARS, StateStore, state_store_url
 
 
 def positive_int(text: str) -> int:
@@ -102,3 +103,12 @@ def actor(text: str) -> str:
 
 limit = bounded_int(1, MAX_LIMIT)
 comment = bounded_text(MAX_COMMENT_CHARS)
+
+
+def open_state(settings: Settings) -> StateStore:
+    """The configured state store, migrated (the embedded SQLite's home folder made first when it is used)."""
+    if not settings.database_url:
+        prepare_home(settings)
+    store = StateStore(state_store_url(settings.database_url, settings.home))
+    store.migrate()
+    return store

@@ -9,24 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from optiinfra_assets.commands import MAX_ACTOR_CHARS, bounded_text, limit
-from optiinfra_assets.config import Settings, prepare_home
-from resources.state_store import StateStore, state_store_url
+from optiinfra_assets.commands import MAX_ACTOR_CHARS, bounded_text, limit, open_state
+from optiinfra_assets.config import Settings
 
 # Exit status of a verification that found a broken link (0 ok, 2 bad argument, 3 store unreachable).
 TAMPERED = 1
 
 
-def _state(settings: Settings) -> StateStore:
-    if not settings.database_url:  # the embedded SQLite lives under home
-        prepare_home(settings)
-    store = StateStore(state_store_url(settings.database_url, settings.home))
-    store.migrate()
-    return store
-
-
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
-    state = _state(settings)
+    state = open_state(settings)
     if args.action == "verify":
         result = state.verify_audit()
         if args.json:

@@ -18,18 +18,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from optiinfra_assets.commands import MAX_ACTOR_CHARS, actor, bounded_text, comment
+from optiinfra_assets.commands import MAX_ACTOR_CHARS, actor, bounded_text, comment, open_state
 from optiinfra_assets.config import Settings, prepare_home
 from optiinfra_assets.models import Execution, ExecutionStatus
 from optiinfra_assets.reconcile import RunFacts, reconcile, roll_back_by_person
-from resources.state_store import StateStore, state_store_url
+from resources.state_store import StateStore
 
 
 def _state(settings: Settings) -> StateStore:
-    prepare_home(settings)
-    store = StateStore(state_store_url(settings.database_url, settings.home))
-    store.migrate()
-    return store
+    prepare_home(settings)  # reconciling reads Dagster's runs under home, whichever state store is used
+    return open_state(settings)
 
 
 def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:

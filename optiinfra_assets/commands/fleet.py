@@ -9,10 +9,9 @@ from collections import defaultdict
 from typing import Any
 
 from optiinfra_assets.catalog import instance_type
-from optiinfra_assets.commands import bounded_text
-from optiinfra_assets.config import Settings, prepare_home
+from optiinfra_assets.commands import bounded_text, open_state
+from optiinfra_assets.config import Settings
 from optiinfra_assets.models import Host, Instance
-from resources.state_store import StateStore, state_store_url
 
 HOST_COLUMNS = (
     "host",
@@ -99,16 +98,8 @@ def as_text(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _state(settings: Settings) -> StateStore:
-    if not settings.database_url:  # the embedded SQLite lives under home
-        prepare_home(settings)
-    store = StateStore(state_store_url(settings.database_url, settings.home))
-    store.migrate()
-    return store
-
-
 def cmd_instances(args: argparse.Namespace, settings: Settings) -> int:
-    state = _state(settings)
+    state = open_state(settings)
     if args.deployment is not None:
         state.get_deployment(args.deployment)  # KeyError naming it if unknown
     rows = instance_rows(state.list_instances(args.deployment, include_ended=args.all))

@@ -29,6 +29,7 @@ from pydantic import ConfigDict, StrictInt, StrictStr, ValidationError
 
 from optiinfra_assets.agents.application.llm_judge import LlmJudge, configured_judge, verdict_json
 from optiinfra_assets.agents.quality_scoring import QualityScore, ScoringInput, score_response
+from optiinfra_assets.commands import open_state
 from optiinfra_assets.config import Settings, SettingsError
 from resources.errors import StoreUnavailableError
 
@@ -129,10 +130,9 @@ def _judge(settings: Settings) -> LlmJudge | None:
     as long as the command (said on stderr): the offline scores never depend on the judge."""
     if not settings.llm_model.strip():
         return None
-    from optiinfra_assets.cli import _state  # cli imports this module
 
     try:
-        state = _state(settings)
+        state = open_state(settings)
     except (SettingsError, StoreUnavailableError) as exc:
         print(f"optiinfra: judge verdicts not cached across runs: {exc}", file=sys.stderr)
         state = None
